@@ -1,0 +1,1 @@
+"""Consortium shared-services hub."""

@@ -1,0 +1,84 @@
+"""The hub's one error tree.
+
+    HubError
+    ├── AdapterError            input that an adapter cannot turn into an envelope
+    │   ├── DecodeError         bytes that are not a readable message (charset, syntax, JSON, DICOM)
+    │   ├── UnsupportedMessage  a readable message of a kind the hub does not take
+    │   └── InvalidMessage      a supported message whose content breaks a rule
+    └── EnvelopeError           bytes that are not a valid envelope of this schema version
+
+Every AdapterError carries one or more problems. A problem names where it is
+(an HL7 segment-field such as ``PID-3``, a FHIR path such as
+``Bundle.entry[2].resource.subject``, or a DICOM tag such as ``(0010,0010)``)
+and says what a sender can do about it. Library exceptions are mapped at the
+adapter boundary with ``raise ... from exc``; no KeyError, IndexError or
+UnicodeDecodeError leaves an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AdapterError",
+    "DecodeError",
+    "EnvelopeError",
+    "HubError",
+    "InvalidMessage",
+    "Problem",
+    "UnsupportedMessage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input, and where."""
+
+    location: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+class HubError(Exception):
+    """Base of every error the hub raises on purpose."""
+
+
+class AdapterError(HubError):
+    """An input could not be turned into an envelope."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: str | None = None,
+        problems: tuple[Problem, ...] | list[Problem] = (),
+    ) -> None:
+        first = Problem(location, message)
+        self.problems: tuple[Problem, ...] = tuple(problems) or (first,)
+        super().__init__(str(self.problems[0]) if problems else str(first))
+
+    @property
+    def location(self) -> str | None:
+        return self.problems[0].location
+
+    @property
+    def message(self) -> str:
+        return self.problems[0].message
+
+
+class DecodeError(AdapterError):
+    """The bytes are not a readable message: charset, syntax, JSON or DICOM encoding."""
+
+
+class UnsupportedMessage(AdapterError):
+    """A readable message of a type, version or class the hub does not take."""
+
+
+class InvalidMessage(AdapterError):
+    """A supported message whose content breaks a rule (a required field is missing, say)."""
+
+
+class EnvelopeError(HubError):
+    """Bytes that do not decode to an envelope of this schema version."""
