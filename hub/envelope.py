@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,7 +43,7 @@ __all__ = [
     "json_schemas",
 ]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION: Final = "1"
 
 Centre = Literal["imaging", "ecg", "lab", "pathology"]
 Priority = Literal["routine", "urgent", "stat"]
@@ -231,10 +231,13 @@ class Report(_Envelope):
 
 def json_schemas() -> dict[str, str]:
     """The JSON Schema text of each envelope, keyed by file name, as shipped in ``schemas/``."""
-    return {
-        f"{model.__name__.lower()}.schema.json": json.dumps(
-            model.model_json_schema(), indent=2, ensure_ascii=False, sort_keys=True
-        )
-        + "\n"
-        for model in (Exam, Report)
-    }
+    schemas = {}
+    for model in (Exam, Report):
+        name = model.__name__.lower()
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"urn:consortium-hub:schema:{name}:{SCHEMA_VERSION}",
+            **model.model_json_schema(),
+        }
+        schemas[f"{name}.schema.json"] = json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    return schemas

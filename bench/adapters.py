@@ -1,0 +1,152 @@
+"""Adapter figures against library baselines measured in the same run.
+
+    python bench/adapters.py [--rounds N] [--seconds S]
+
+Figures (issue 2):
+- HL7 v2 read of a 16-segment ORU^R01: >= 3,000 msg/s on one core and >= 3x python-hl7's hl7.parse.
+- FHIR read: >= 0.8x the bare fhir.resources R4B Bundle parse of the same input.
+- DICOM header -> Exam: >= 0.8x bare pydicom.dcmread(stop_before_pixels=True).
+Also printed, for the choices they back: the ACK writer against an hl7apy-built ACK, and hl7apy's own parse
+and report building.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hl7
+import pydicom
+from fhir.resources.R4B.bundle import Bundle
+from hl7apy.parser import parse_message
+
+from adapters import dicom, fhir, hl7v2
+from hub.envelope import Performer, Report
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import pin_to_one_core, rates, verdict
+
+SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "messages"
+
+
+def _line(name: str, rate: float, baseline_name: str, baseline: float, goal: str, ok: bool) -> None:
+    print(f"  {name:<44} {rate:>9,.0f}/s   {baseline_name:<34} {baseline:>9,.0f}/s   "
+          f"{rate / baseline:>5.2f}x   {goal:<20} {verdict(ok)}")  # fmt: skip
+
+
+def bench_hl7v2(rounds: int, seconds: float) -> None:
+    raw = (SAMPLES / "hl7v2" / "lab-cbc-gb18030.hl7").read_bytes()
+    segments = len([s for s in raw.replace(b"\n", b"\r").split(b"\r") if s.strip()])
+    text = raw.decode("gb18030")
+    er7 = text.replace("\n", "\r")
+    got = rates(
+        {
+            "ours": lambda: hl7v2.read(raw),
+            "python-hl7": lambda: hl7.parse(raw.decode("gb18030")),
+        },
+        rounds=rounds,
+        seconds=seconds,
+    )
+    print(f"HL7 v2 read, {segments}-segment ORU^R01 in GB18030 (bytes in, Exam out; baseline decodes too)")
+    ok = got["ours"] >= 3000 and got["ours"] >= 3 * got["python-hl7"]
+    _line("adapters.hl7v2.read", got["ours"], "hl7.parse", got["python-hl7"], ">=3000/s and >=3x", ok)
+    slow = rates(
+        {"hl7apy": lambda: parse_message(er7, find_groups=True), "strict": lambda: hl7v2.read(raw, strict=True)},
+        rounds=1,
+        seconds=seconds,
+    )
+    _line("hl7apy parse_message (find_groups)", slow["hl7apy"], "hl7.parse", got["python-hl7"], "reference", True)
+    _line("adapters.hl7v2.read(strict=True)", slow["strict"], "hl7.parse", got["python-hl7"], "reference", True)
+
+    exam = hl7v2.read(raw)[0]
+    report = Report.answering(
+        exam, status="final", issued_at=datetime.now(UTC), conclusion="血象提示感染，请结合临床",
+        performer=Performer(name="李建国"), performer_institution="12330112470101234B",
+        observations=exam.observations, critical=True, critical_items=("WBC",),
+    )  # fmt: skip
+    build = rates(
+        {
+            "ack": lambda: hl7v2.ack(raw, "AA"),
+            "hl7apy ack": lambda: _hl7apy_ack(er7),
+            "report": lambda: hl7v2.write_report(report, charset="gb18030"),
+        },
+        rounds=rounds,
+        seconds=seconds,
+    )
+    print("HL7 v2 writing")
+    _line("adapters.hl7v2.ack (ER7 writer)", build["ack"], "ACK built with hl7apy", build["hl7apy ack"],
+          "ACK: ours faster", build["ack"] > build["hl7apy ack"])  # fmt: skip
+    _line("adapters.hl7v2.write_report (hl7apy)", build["report"], "ACK built with hl7apy", build["hl7apy ack"],
+          "reference", True)  # fmt: skip
+
+
+def _hl7apy_ack(er7: str) -> bytes:
+    from hl7apy.core import Message
+
+    incoming = parse_message(er7.split("\r", 1)[0] + "\r")
+    ack = Message("ACK", version="2.5.1")
+    ack.msh.msh_3 = incoming.msh.msh_5.to_er7()
+    ack.msh.msh_4 = incoming.msh.msh_6.to_er7()
+    ack.msh.msh_5 = incoming.msh.msh_3.to_er7()
+    ack.msh.msh_6 = incoming.msh.msh_4.to_er7()
+    ack.msh.msh_9 = "ACK^R01^ACK"
+    ack.msh.msh_10 = "ACK" + incoming.msh.msh_10.to_er7()
+    ack.msh.msh_11 = "P"
+    ack.msa.msa_1 = "AA"
+    ack.msa.msa_2 = incoming.msh.msh_10.to_er7()
+    return str(ack.to_er7()).encode("utf-8")
+
+
+def bench_fhir(rounds: int, seconds: float) -> None:
+    print("FHIR read (bytes in, Exams out) against the bare R4B Bundle parse of the same bytes")
+    for name in ("ecg-message-bundle.json", "lab-panel-transaction.json"):
+        raw = (SAMPLES / "fhir" / name).read_bytes()
+        got = rates(
+            {
+                "ours": lambda raw=raw: fhir.read(raw),
+                "json": lambda raw=raw: Bundle.model_validate_json(raw),
+                "dict": lambda raw=raw: Bundle.model_validate(json.loads(raw)),
+            },
+            rounds=rounds,
+            seconds=seconds,
+        )
+        baseline = max(got["json"], got["dict"])
+        how = "model_validate_json" if got["json"] >= got["dict"] else "model_validate(json.loads)"
+        _line(f"adapters.fhir.read {name} ({len(raw) // 1024} KiB)", got["ours"], f"R4B Bundle.{how}", baseline,
+              ">=0.8x", got["ours"] >= 0.8 * baseline)  # fmt: skip
+
+
+def bench_dicom(rounds: int, seconds: float) -> None:
+    print("DICOM header -> Exam (bytes in) against bare dcmread(stop_before_pixels=True) of the same bytes")
+    for name in ("ct-chest-gb18030.dcm", "ecg-12lead.dcm"):
+        raw = (SAMPLES / "dicom" / name).read_bytes()
+        got = rates(
+            {
+                "ours": lambda raw=raw: dicom.read(raw),
+                "pydicom": lambda raw=raw: pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True),
+            },
+            rounds=rounds,
+            seconds=seconds,
+        )
+        _line(f"adapters.dicom.read {name} ({len(raw) // 1024} KiB)", got["ours"], "pydicom.dcmread", got["pydicom"],
+              ">=0.8x", got["ours"] >= 0.8 * got["pydicom"])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=0.4, help="length of one timed round per candidate")
+    args = parser.parse_args()
+    print(f"bench/adapters.py: Python {sys.version.split()[0]}, {pin_to_one_core()}, "
+          f"{args.rounds} rounds x {args.seconds}s, median rate")  # fmt: skip
+    bench_hl7v2(args.rounds, args.seconds)
+    bench_fhir(args.rounds, args.seconds)
+    bench_dicom(args.rounds, args.seconds)
+
+
+if __name__ == "__main__":
+    main()

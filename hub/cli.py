@@ -1,0 +1,79 @@
+"""The ``hub`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cmd_read(args: argparse.Namespace) -> int:
+    import adapters
+    from hub.errors import AdapterError
+
+    status = 0
+    for path in args.paths:
+        try:
+            exams = adapters.read(path.read_bytes(), format=args.format, origin=args.origin, charset=args.charset)
+        except AdapterError as exc:
+            status = 1
+            for problem in exc.problems:
+                print(f"{path}: {type(exc).__name__}: {problem}", file=sys.stderr)
+            continue
+        for exam in exams:
+            print(exam.model_dump_json(indent=2))
+    return status
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from hub.schemas import stale_schemas, write_schemas
+
+    if args.action == "write":
+        for path in write_schemas(args.dir):
+            print(f"wrote {path}")
+        return 0
+    stale = stale_schemas(args.dir)
+    for name in stale:
+        print(f"{args.dir / name} differs from hub/envelope.py; run `hub schemas write`", file=sys.stderr)
+    return 1 if stale else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hub.demo import run_demo
+    from hub.resources import data_dir
+
+    folder = args.messages or data_dir("examples") / "messages"
+    return run_demo(folder, sys.stdout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hub", description="Consortium shared-services hub: exams to the lead hospital's centres, reports back."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the sample messages through the hub and show what happens")
+    demo.add_argument("--messages", type=Path, help="folder of sample messages (default: the shipped examples)")
+    demo.set_defaults(run=_cmd_demo)
+
+    read = commands.add_parser("read", help="decode message files into exam envelopes (JSON on stdout)")
+    read.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    read.add_argument("--format", choices=["hl7v2", "fhir", "dicom"], help="default: detected from the bytes")
+    read.add_argument("--origin", help="sending institution code, overriding what the message says")
+    read.add_argument("--charset", help="the sender's fallback charset, e.g. GB18030 or GBK")
+    read.set_defaults(run=_cmd_read)
+
+    schemas = commands.add_parser("schemas", help="write or check the envelope JSON Schemas")
+    schemas.add_argument("action", choices=["write", "check"])
+    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    schemas.set_defaults(run=_cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    status: int = args.run(args)
+    return status

@@ -1,0 +1,28 @@
+"""Importing the hub does no network, process or file-writing I/O (DESIGN.md: no I/O at import)."""
+
+import os
+import subprocess
+import sys
+
+PROBE = r"""
+import sys
+
+def hook(event, args):
+    if event.startswith(("socket.", "subprocess.", "os.system", "os.exec", "os.fork")):
+        raise SystemExit(f"I/O at import: {event}")
+    if event == "open" and isinstance(args[1], str) and any(m in args[1] for m in "wax+"):
+        raise SystemExit(f"file opened for writing at import: {args[0]}")
+
+sys.addaudithook(hook)
+import hub, hub.cli, hub.demo, hub.envelope, hub.errors, hub.ids, hub.resources, hub.schemas
+import adapters
+from adapters import dicom, fhir, hl7v2
+print("clean")
+"""
+
+
+def test_importing_hub_and_adapters_has_no_side_effects() -> None:
+    env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}  # writing .pyc files is Python's I/O, not ours
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=False, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "clean"
