@@ -1,0 +1,110 @@
+"""The `hub` command: read, schemas, demo; and format detection behind them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import adapters
+from hub.cli import main
+from hub.errors import DecodeError
+
+REPO = Path(__file__).resolve().parents[1]
+MESSAGES = REPO / "examples" / "messages"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (MESSAGES / "hl7v2" / "lab-cbc-gb18030.hl7", "hl7v2"),
+        (MESSAGES / "fhir" / "ecg-message-bundle.json", "fhir"),
+        (MESSAGES / "dicom" / "ct-chest-gb18030.dcm", "dicom"),
+    ],
+)
+def test_detect_format_of_samples(path: Path, expected: str) -> None:
+    assert adapters.detect_format(path.read_bytes()) == expected
+
+
+def test_detect_format_handles_bom_and_leading_whitespace() -> None:
+    assert adapters.detect_format(b"\xef\xbb\xbfMSH|^~\\&|") == "hl7v2"
+    assert adapters.detect_format(b"\r\n  {}") == "fhir"
+    assert adapters.detect_format(b"MSH") is None
+    assert adapters.detect_format("患者".encode()) is None
+
+
+def test_read_refuses_unknown_formats_with_a_located_error() -> None:
+    with pytest.raises(DecodeError) as caught:
+        adapters.read(b"PID|1||123")
+    assert caught.value.location == "$"
+
+
+def test_hub_read_prints_envelopes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["read", str(MESSAGES / "hl7v2" / "lab-cbc-gb18030.hl7")]) == 0
+    exam = json.loads(capsys.readouterr().out)
+    assert exam["centre"] == "lab"
+    assert exam["source"]["charset"] == "gb18030"
+
+
+def test_hub_read_reports_problems_and_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "adt.hl7"
+    bad.write_bytes(b"MSH|^~\\&|HIS|QSH|HUB|LEAD|20261122083000||ADT^A01|M1|P|2.5.1\rPID|1||123\r")
+    assert main(["read", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "UnsupportedMessage" in err
+    assert "MSH-9" in err
+
+
+def test_hub_schemas_check_passes_on_the_repo_and_fails_on_drift(tmp_path: Path) -> None:
+    assert main(["schemas", "check", "--dir", str(REPO / "schemas")]) == 0
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
+    assert main(["schemas", "write", "--dir", str(tmp_path)]) == 0
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 0
+
+
+def test_hub_demo_runs_every_sample_as_expected() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "demo", "--messages", str(MESSAGES)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    samples = [p for p in MESSAGES.rglob("*") if p.is_file() and p.suffix not in {".md", ".toml", ".py"}]
+    assert f"{len(samples)} samples:" in result.stdout
+    assert " 0 unexpected" in result.stdout
+    assert "!! " not in result.stdout
+
+
+def test_hub_demo_output_has_no_patient_names_or_ids() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "demo", "--messages", str(MESSAGES)], capture_output=True, text=True, check=False
+    )
+    exams = [e for p in MESSAGES.glob("hl7v2/[!b]*.hl7") for e in adapters.read(p.read_bytes())]
+    assert exams
+    for exam in exams:
+        if exam.patient.name:
+            assert exam.patient.name not in result.stdout
+        if exam.patient.national_id:
+            assert exam.patient.national_id not in result.stdout
+
+
+def test_demo_flags_a_bad_sample_that_is_accepted(tmp_path: Path) -> None:
+    good = MESSAGES / "hl7v2" / "lab-cbc-gb18030.hl7"
+    (tmp_path / "bad-not-really.hl7").write_bytes(good.read_bytes())
+    assert main(["demo", "--messages", str(tmp_path)]) == 1
+
+
+def test_bench_script_runs(tmp_path: Path) -> None:
+    # Not a timing test: the bench must keep working as the adapters change.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "adapters.py"), "--rounds", "1", "--seconds", "0.01"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    for figure in ("adapters.hl7v2.read", "adapters.fhir.read", "adapters.dicom.read", "hl7.parse", "dcmread"):
+        assert figure in result.stdout
