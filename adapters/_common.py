@@ -11,12 +11,15 @@ from hub.ids import parse_resident_id
 
 __all__ = [
     "CHINA_TZ",
+    "CODE_SYSTEM_URIS",
     "DEFAULT_SECTION_CENTRES",
     "RESIDENT_ID_SYSTEM",
+    "canonical_system",
     "resolve_centre",
     "source_uri",
     "split_resident_ids",
     "utc_now",
+    "v2_system",
 ]
 
 # China has had one offset and no daylight saving since 1991; a timestamp
@@ -37,6 +40,37 @@ DEFAULT_SECTION_CENTRES: Mapping[str, Centre] = {
     "EC": "ecg", "ECG": "ecg", "CTH": "ecg", "CUS": "imaging",
     "SP": "pathology", "CP": "pathology", "PAT": "pathology", "PATH": "pathology",
 }  # fmt: skip
+
+
+# HL7 table 0396 names and DICOM coding scheme designators -> the FHIR system URIs
+# the envelope uses, so one item has one (system, code) whichever format it came in.
+# Local designators ("L", "99LAYGT") stay as they are.
+CODE_SYSTEM_URIS: Mapping[str, str] = {
+    "LN": "http://loinc.org",
+    "SCT": "http://snomed.info/sct",
+    "SNM3": "http://snomed.info/sct",
+    "UCUM": "http://unitsofmeasure.org",
+    "I10": "http://hl7.org/fhir/sid/icd-10",
+    "DCM": "http://dicom.nema.org/resources/ontology/DCM",
+    "MDC": "urn:iso:std:iso:11073:10101",
+    "RADLEX": "http://radlex.org",
+}
+# The first name listed for a URI is the one written back (SCT, not SNM3).
+_SYSTEM_NAMES = {uri: name for name, uri in reversed(list(CODE_SYSTEM_URIS.items()))}
+
+
+def canonical_system(name: str | None) -> str | None:
+    """The envelope's system for an HL7 or DICOM coding system name."""
+    if not name:
+        return None
+    return CODE_SYSTEM_URIS.get(name.upper(), name)
+
+
+def v2_system(system: str | None) -> str | None:
+    """The HL7 v2 coding system name for an envelope system (the inverse of canonical_system)."""
+    if not system:
+        return None
+    return _SYSTEM_NAMES.get(system, system)
 
 
 def resolve_centre(

@@ -10,6 +10,7 @@ Also printed, for the choices they back: the ACK writer against an hl7apy-built 
 and report building.
 """
 
+# ruff: noqa: E402  (the sys.path fix below must run before the imports)
 from __future__ import annotations
 
 import argparse
@@ -19,16 +20,18 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+# Run as a script, this folder is sys.path[0], and this file's name would shadow the adapters package.
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
+
 import hl7
 import pydicom
+from _timing import pin_to_one_core, rates, verdict
 from fhir.resources.R4B.bundle import Bundle
 from hl7apy.parser import parse_message
 
 from adapters import dicom, fhir, hl7v2
 from hub.envelope import Performer, Report
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import pin_to_one_core, rates, verdict
 
 SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "messages"
 

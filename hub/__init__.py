@@ -27,6 +27,7 @@ from hub.errors import (
     EnvelopeError,
     HubError,
     InvalidMessage,
+    MissingField,
     Problem,
     UnsupportedMessage,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "HubError",
     "Identifier",
     "InvalidMessage",
+    "MissingField",
     "Notice",
     "Observation",
     "Patient",

@@ -4,16 +4,21 @@ Each sample is decoded into exams; each exam gets a templated final report,
 written back in the sender's own format. Known-bad samples (``bad-*``) must be
 refused with a located error. Exit status 0 means every sample did what it
 should.
+
+A sample whose sender needs a setting, such as a fallback charset for a
+modality that omits SpecificCharacterSet, has it as ``read_kwargs`` in the
+``EXPECTED.toml`` beside it.
 """
 
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import adapters
 from adapters import fhir, hl7v2
@@ -58,11 +63,20 @@ def _write_back(exam: Exam, report: Report) -> tuple[str, int]:
     return "ORU^R01", len(hl7v2.write_report(report, charset=exam.source.charset or "utf-8"))
 
 
+def _sender_settings(path: Path) -> dict[str, Any]:
+    expected = path.parent / "EXPECTED.toml"
+    if not expected.is_file():
+        return {}
+    entry = tomllib.loads(expected.read_text("utf-8")).get(path.name, {})
+    settings: dict[str, Any] = entry.get("read_kwargs", {})
+    return settings
+
+
 def _row(path: Path, folder: Path) -> DemoRow:
     name = str(path.relative_to(folder))
     expect_reject = path.name.startswith("bad-")
     try:
-        exams = adapters.read(path.read_bytes())
+        exams = adapters.read(path.read_bytes(), **_sender_settings(path))
     except AdapterError as exc:
         return DemoRow(name, "rejected", f"{type(exc).__name__} at {exc.location}: {exc.message}", expect_reject)
     parts = []

@@ -16,7 +16,7 @@ import json
 from datetime import date
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hub.errors import EnvelopeError
 from hub.ids import derive_report_id, valid_resident_id
@@ -92,11 +92,12 @@ class Patient(_Model):
     sex: Sex = "unknown"
     birth_date: date | None = Field(default=None, repr=False)
 
-    @model_validator(mode="after")
-    def _national_id_is_valid(self) -> Self:
-        if self.national_id is not None and not valid_resident_id(self.national_id):
+    @field_validator("national_id")
+    @classmethod
+    def _national_id_is_valid(cls, value: str | None) -> str | None:
+        if value is not None and not valid_resident_id(value):
             raise ValueError("national_id fails the GB 11643 check; keep it as a local id")
-        return self
+        return value
 
 
 class Observation(_Model):

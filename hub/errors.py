@@ -5,6 +5,7 @@
     │   ├── DecodeError         bytes that are not a readable message (charset, syntax, JSON, DICOM)
     │   ├── UnsupportedMessage  a readable message of a kind the hub does not take
     │   └── InvalidMessage      a supported message whose content breaks a rule
+    │       └── MissingField    a required segment, field, element or reference is absent
     └── EnvelopeError           bytes that are not a valid envelope of this schema version
 
 Every AdapterError carries one or more problems. A problem names where it is
@@ -25,6 +26,7 @@ __all__ = [
     "EnvelopeError",
     "HubError",
     "InvalidMessage",
+    "MissingField",
     "Problem",
     "UnsupportedMessage",
 ]
@@ -78,6 +80,10 @@ class UnsupportedMessage(AdapterError):
 
 class InvalidMessage(AdapterError):
     """A supported message whose content breaks a rule (a required field is missing, say)."""
+
+
+class MissingField(InvalidMessage):
+    """A required segment, field, element or reference is absent or empty (HL7 error code 101)."""
 
 
 class EnvelopeError(HubError):

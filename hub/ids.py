@@ -8,8 +8,10 @@ Chinese hospitals) follow GB 32100-2015.
 from __future__ import annotations
 
 import hashlib
+from calendar import monthrange
 from dataclasses import dataclass
 from datetime import date
+from operator import mul
 
 __all__ = [
     "ResidentId",
@@ -43,8 +45,12 @@ def resident_id_check_digit(first17: str) -> str:
     """The GB 11643 check digit for the first 17 digits."""
     if len(first17) != 17 or not first17.isascii() or not first17.isdigit():
         raise ValueError("need exactly 17 ASCII digits")
-    total = sum(int(d) * w for d, w in zip(first17, _RESIDENT_WEIGHTS, strict=True))
-    return _RESIDENT_CHECK[total % 11]
+    return _RESIDENT_CHECK[_weighted_sum(first17) % 11]
+
+
+def _weighted_sum(digits: str) -> int:
+    # Every exam pays for this check, up to three times: keep it to builtins.
+    return sum(map(mul, map(int, digits), _RESIDENT_WEIGHTS))
 
 
 def parse_resident_id(value: str) -> ResidentId | None:
@@ -56,17 +62,14 @@ def parse_resident_id(value: str) -> ResidentId | None:
     number = value.strip().upper()
     if len(number) != 18 or not number.isascii():
         return None
-    body, check = number[:17], number[17]
-    if not body.isdigit() or resident_id_check_digit(body) != check:
+    body = number[:17]
+    if not body.isdigit() or _RESIDENT_CHECK[_weighted_sum(body) % 11] != number[17]:
         return None
-    try:
-        born = date(int(body[6:10]), int(body[10:12]), int(body[12:14]))
-    except ValueError:
-        return None
-    if born.year < 1850:
+    year, month, day = int(body[6:10]), int(body[10:12]), int(body[12:14])
+    if year < 1850 or not 1 <= month <= 12 or not 1 <= day <= monthrange(year, month)[1]:
         return None
     sex = "male" if int(body[16]) % 2 else "female"
-    return ResidentId(number=number, region=body[:6], birth_date=born, sex=sex)
+    return ResidentId(number=number, region=body[:6], birth_date=date(year, month, day), sex=sex)
 
 
 def valid_resident_id(value: str) -> bool:

@@ -129,7 +129,7 @@ def test_birth_dates() -> None:
 
 def test_a_numeric_result_with_unit_range_flag_status_and_time() -> None:
     (obs,) = with_obx("OBX|1|NM|8867-4^心率^LN||102|/min^次/分^UCUM|60-100|H|||F|||20240302101500+0800").observations
-    assert (obs.code.code, obs.code.display, obs.code.system) == ("8867-4", "心率", "LN")
+    assert (obs.code.code, obs.code.display, obs.code.system) == ("8867-4", "心率", "http://loinc.org")
     assert (obs.value, obs.unit, obs.reference_range, obs.flag, obs.status) == (102.0, "/min", "60-100", "H", "final")
     assert obs.observed_at == datetime(2024, 3, 2, 2, 15, tzinfo=UTC)
 

@@ -14,12 +14,13 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
+from adapters._common import canonical_system
 from adapters.dicom import _tags as tags
 from adapters.dicom._items import ItemError, Node, read_items, value_of
 from adapters.dicom._probe import tag_location
 from adapters.dicom._text import TextDecoder
 from hub.envelope import Coding, Notice
-from hub.errors import DecodeError, InvalidMessage
+from hub.errors import DecodeError, InvalidMessage, MissingField
 
 __all__ = ["Elements"]
 
@@ -130,7 +131,7 @@ class Elements:
             return None
         return Coding(
             code=code,
-            system=self.string(item, tags.CODING_SCHEME_DESIGNATOR, prefix),
+            system=canonical_system(self.string(item, tags.CODING_SCHEME_DESIGNATOR, prefix)),
             display=self.string(item, tags.CODE_MEANING, prefix),
         )
 
@@ -141,5 +142,5 @@ class Elements:
         location = f"{prefix}{tag_location(tag)}[0]"
         coding = self.coding(items[0], location)
         if coding is None:
-            raise InvalidMessage("the code item has no Code Value (0008,0100)", location=location + "(0008,0100)")
+            raise MissingField("the code item has no Code Value (0008,0100)", location=location + "(0008,0100)")
         return coding

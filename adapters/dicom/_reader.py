@@ -33,7 +33,7 @@ from hub.envelope import (
     Source,
     Waveform,
 )
-from hub.errors import AdapterError, DecodeError, InvalidMessage, UnsupportedMessage
+from hub.errors import AdapterError, DecodeError, InvalidMessage, MissingField, UnsupportedMessage
 from hub.ids import derive_exam_id
 
 __all__ = ["read"]
@@ -106,7 +106,7 @@ def _exam(loaded: Loaded, elements: Elements, origin: str | None, fallback: str 
     elements.text = TextDecoder(_charset_terms(dataset, elements), fallback)
     sop_class = elements.uid(dataset, tags.SOP_CLASS_UID)
     if sop_class is None:
-        raise InvalidMessage("SOP Class UID is missing; every instance must carry it", location="(0008,0016)")
+        raise MissingField("SOP Class UID is missing; every instance must carry it", location="(0008,0016)")
     centre = centre_for(sop_class)
     if centre is None:
         raise UnsupportedMessage(
@@ -121,7 +121,7 @@ def _exam(loaded: Loaded, elements: Elements, origin: str | None, fallback: str 
         )
     instance = elements.uid(dataset, tags.SOP_INSTANCE_UID)
     if instance is None:
-        raise InvalidMessage("SOP Instance UID is missing; every instance must carry it", location="(0008,0018)")
+        raise MissingField("SOP Instance UID is missing; every instance must carry it", location="(0008,0018)")
     sender = _origin(dataset, elements, origin)
 
     study_uid = elements.uid(dataset, tags.STUDY_INSTANCE_UID)

@@ -12,7 +12,7 @@ from adapters.dicom import _tags as tags
 from adapters.dicom._elements import Elements
 from adapters.dicom._items import Node
 from hub.envelope import Attachment, Notice, Observation, Waveform
-from hub.errors import InvalidMessage
+from hub.errors import InvalidMessage, MissingField
 
 __all__ = ["read_measurements", "read_waveform"]
 
@@ -29,7 +29,7 @@ def read_waveform(dataset: Dataset, elements: Elements, base_uri: str) -> Wavefo
     """
     groups = elements.items(dataset, tags.WAVEFORM_SEQUENCE)
     if not groups:
-        raise InvalidMessage("an ECG instance needs a Waveform Sequence of recorded leads", location="(5400,0100)")
+        raise MissingField("an ECG instance needs a Waveform Sequence of recorded leads", location="(5400,0100)")
     group = groups[0]
     channels = elements.integer(group, tags.NUMBER_OF_WAVEFORM_CHANNELS, _GROUP)
     if channels is None or channels < 1:
@@ -67,7 +67,7 @@ def _data(group: Node, elements: Elements, base_uri: str) -> Attachment:
     elements.at = WAVEFORM_DATA_LOCATION
     element = group.get_item(tags.WAVEFORM_DATA)
     if element is None:
-        raise InvalidMessage("Waveform Data (5400,1010) is missing", location=WAVEFORM_DATA_LOCATION)
+        raise MissingField("Waveform Data (5400,1010) is missing", location=WAVEFORM_DATA_LOCATION)
     payload = element.value if isinstance(element.value, bytes) else None
     content_addressed = base_uri.startswith("urn:sha256:")
     if payload is not None:

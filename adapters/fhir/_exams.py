@@ -49,7 +49,7 @@ from adapters.fhir._orders import (
 )
 from adapters.fhir._parse import Parsed
 from hub.envelope import Centre, Exam, Notice, Patient, Priority, Source
-from hub.errors import InvalidMessage, UnsupportedMessage
+from hub.errors import InvalidMessage, MissingField, UnsupportedMessage
 
 __all__ = ["Context", "read_exams"]
 
@@ -242,7 +242,7 @@ class _Reader:
         self, reference: Reference | None, within: Located, location: str
     ) -> tuple[Patient, tuple[Notice, ...]]:
         if reference is None:
-            raise InvalidMessage("name the patient: a subject reference to a Patient", location=location)
+            raise MissingField("name the patient: a subject reference to a Patient", location=location)
         if reference.reference:
             found = self.graph.located_as(reference, within, FhirPatient, location)
             if found is None:

@@ -16,9 +16,8 @@ from typing import Literal
 from adapters._common import CHINA_TZ, utc_now
 from adapters.hl7v2._charset import UTF8_BOM, codec_for, label_for, scrape_header
 from adapters.hl7v2._er7 import DEFAULT_DELIMITERS, Delimiters, escape, parse_delimiters
-from adapters.hl7v2._errors import MissingField
 from adapters.hl7v2._values import format_dtm
-from hub.errors import AdapterError, DecodeError, InvalidMessage, Problem, UnsupportedMessage
+from hub.errors import AdapterError, DecodeError, InvalidMessage, MissingField, Problem, UnsupportedMessage
 
 __all__ = ["ack"]
 

@@ -8,12 +8,11 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from adapters._common import RESIDENT_ID_SYSTEM, source_uri, split_resident_ids
+from adapters._common import RESIDENT_ID_SYSTEM, canonical_system, source_uri, split_resident_ids
 from adapters.hl7v2._er7 import Delimiters, Segment, unescape
-from adapters.hl7v2._errors import MissingField
 from adapters.hl7v2._values import OBSERVATION_STATUS, SEX, media_type, parse_date, parse_dtm, parse_number
 from hub.envelope import Attachment, Coding, Identifier, Notice, Observation, Patient
-from hub.errors import InvalidMessage
+from hub.errors import InvalidMessage, MissingField
 
 __all__ = ["Context", "read_observations", "read_patient"]
 
@@ -189,8 +188,8 @@ def _coding(obx: Segment, ctx: Context) -> Coding:
     if not code and not alternate:
         raise MissingField("observation identifier (OBX-3) is empty", location=obx.where(3))
     if code:
-        return Coding(code=code, system=system or None, display=display or None)
-    return Coding(code=alternate, system=values[4] or None, display=display or None)
+        return Coding(code=code, system=canonical_system(system), display=display or None)
+    return Coding(code=alternate, system=canonical_system(values[4]), display=display or None)
 
 
 def _value(obx: Segment, value_type: str, ctx: Context, notices: list[Notice]) -> float | str | None:

@@ -8,14 +8,13 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from adapters._common import resolve_centre, utc_now
+from adapters._common import canonical_system, resolve_centre, utc_now
 from adapters.hl7v2._charset import decode_message
 from adapters.hl7v2._er7 import Delimiters, Segment, parse_delimiters, split_segments
-from adapters.hl7v2._errors import MissingField
 from adapters.hl7v2._fields import Context, read_observations, read_patient
 from adapters.hl7v2._values import parse_dtm, priority
 from hub.envelope import Centre, Coding, Exam, Notice, Patient, Source
-from hub.errors import InvalidMessage, UnsupportedMessage
+from hub.errors import InvalidMessage, MissingField, UnsupportedMessage
 from hub.ids import derive_exam_id
 
 __all__ = ["SUPPORTED_TYPES", "Parsed", "parse", "read"]
@@ -195,7 +194,7 @@ def _exam(
             patient=patient,
             service=Coding(
                 code=order_code,
-                system=ctx.component(obr.field(4), 3) or None,
+                system=canonical_system(ctx.component(obr.field(4), 3)),
                 display=ctx.component(obr.field(4), 2) or None,
             ),
             placer_order=placer or None,

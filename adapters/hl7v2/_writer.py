@@ -18,6 +18,7 @@ from typing import Any
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
+from adapters._common import v2_system
 from adapters.hl7v2._charset import codec_for, label_for
 from adapters.hl7v2._er7 import DEFAULT_DELIMITERS, escape
 from adapters.hl7v2._values import REPORT_STATUS_CODES, format_dtm, split_media_type
@@ -138,7 +139,7 @@ def _cx(identifier: Identifier) -> str:
 
 
 def _coding(coding: Coding) -> str:
-    return "^".join(_e(part or "") for part in (coding.code, coding.display, coding.system)).rstrip("^")
+    return "^".join(_e(part or "") for part in (coding.code, coding.display, v2_system(coding.system))).rstrip("^")
 
 
 def _order(order: Any, report: Report) -> None:
