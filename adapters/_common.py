@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -15,8 +14,8 @@ __all__ = [
     "DEFAULT_SECTION_CENTRES",
     "RESIDENT_ID_SYSTEM",
     "canonical_system",
+    "in_source",
     "resolve_centre",
-    "source_uri",
     "split_resident_ids",
     "utc_now",
     "v2_system",
@@ -120,9 +119,14 @@ def split_resident_ids(
     return national, tuple(local), tuple(notices)
 
 
-def source_uri(raw: bytes) -> str:
-    """A content address for a source message; attachments point inside it with ``#location``."""
-    return "urn:sha256:" + hashlib.sha256(raw).hexdigest()
+def in_source(location: str) -> str:
+    """A reference to a payload inside the source message, such as ``#OBX[3]-5``.
+
+    It resolves against ``Source.uri``, which whoever stores the message sets. Adapters do not
+    hash the message themselves: the blob store hashes it once, and a hash here would cost as
+    much as the header parse on a full-size image.
+    """
+    return "#" + location
 
 
 def utc_now() -> datetime:

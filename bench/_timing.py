@@ -6,6 +6,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 
 def pin_to_one_core() -> str:
@@ -29,15 +30,27 @@ def _rate(fn: Callable[[], object], seconds: float) -> float:
             return count / (now - start)
 
 
-def rates(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 5, seconds: float = 0.4) -> dict[str, float]:
-    """Median calls per second of each candidate over ``rounds`` interleaved rounds."""
+@dataclass(frozen=True)
+class Rates:
+    samples: dict[str, list[float]]  # calls per second, one per round
+
+    def __getitem__(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    def ratio(self, name: str, baseline: str) -> float:
+        """Median over rounds of name/baseline, each pair measured back to back, so drift cancels."""
+        return statistics.median(a / b for a, b in zip(self.samples[name], self.samples[baseline], strict=True))
+
+
+def rates(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 5, seconds: float = 0.4) -> Rates:
+    """Calls per second of each candidate over ``rounds`` interleaved rounds."""
     for fn in candidates.values():
         fn()  # warm caches and lazy imports outside the clock
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
             samples[name].append(_rate(fn, seconds))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return Rates(samples)
 
 
 def verdict(ok: bool) -> str:

@@ -3,8 +3,8 @@
 ``Exam`` is what a member site sends to be read; ``Report`` is what a centre
 sends back. Both are frozen pydantic models that encode to UTF-8 JSON. Large
 payloads (images, waveforms, PDFs) are never inline: an ``Attachment`` refers
-to them by URI, either a blob-store URI or ``urn:sha256:<hex>#<location>``,
-which points inside the source message with that hash.
+to them by URI. A URI that is only a fragment, such as ``#OBX[3]-5``, points
+inside the source message, which ``Source.uri`` locates once it is stored.
 
 Patient names and ID numbers are left out of ``repr()``, so an envelope that
 ends up in a log line does not leak them.
@@ -134,6 +134,9 @@ class Source(_Model):
     message_id: str | None = None
     charset: str | None = None
     received_at: AwareDatetime
+    # Where the message itself is kept (e.g. urn:sha256:<hex> in the blob store), set by whoever
+    # stores it; attachment URIs that are only a fragment resolve against it.
+    uri: str | None = None
 
 
 class Notice(_Model):

@@ -50,7 +50,7 @@ def make_exam(**overrides: object) -> Exam:
             ),
             Observation(code=Coding(code="COMMENT"), value="标本轻度溶血"),
         ),
-        "attachments": (Attachment(uri="urn:sha256:" + "0" * 64 + "#OBX[3]-5", media_type="application/pdf"),),
+        "attachments": (Attachment(uri="#OBX[3]-5", media_type="application/pdf"),),
         "source": Source(format="hl7v2", message_id="MSG0001", charset="gb18030", received_at=datetime.now(UTC)),
     }
     fields.update(overrides)

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pydicom.valuerep import DA, DT, TM
 
-from adapters._common import CHINA_TZ, RESIDENT_ID_SYSTEM, source_uri, split_resident_ids, utc_now
+from adapters._common import CHINA_TZ, RESIDENT_ID_SYSTEM, split_resident_ids, utc_now
 from adapters.dicom import _tags as tags
 from adapters.dicom._classes import centre_for
 from adapters.dicom._elements import Elements
@@ -161,18 +161,18 @@ def _exam(loaded: Loaded, elements: Elements, origin: str | None, fallback: str 
     performed_at = _performed_at(dataset, elements)
     priority = _PRIORITIES.get((elements.string(dataset, tags.REQUESTED_PROCEDURE_PRIORITY) or "").upper(), "routine")
 
-    content_uri = source_uri(loaded.raw) if loaded.raw is not None else None
+    # No sha256: hashing a full-size instance costs as much as reading its header, and the
+    # blob store that keeps the instance hashes it anyway.
     instance_attachment = Attachment(
         uri=f"urn:oid:{instance}",
         media_type="application/dicom",
         size=len(loaded.raw) if loaded.raw is not None else None,
-        sha256=content_uri.removeprefix("urn:sha256:") if content_uri else None,
         title=elements.string(dataset, tags.SERIES_DESCRIPTION) or modality,
     )
     waveform: Waveform | None = None
     observations: tuple[Observation, ...] = ()
     if centre == "ecg":
-        waveform = read_waveform(dataset, elements, content_uri or f"urn:oid:{instance}")
+        waveform = read_waveform(dataset, elements)
         observations = read_measurements(dataset, elements, performed_at)
     elements.at = "(0008,0018)"  # a validation failure from here on concerns the instance as a whole
     return Exam(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
+from adapters._common import in_source
 from adapters.dicom import _tags as tags
 from adapters.dicom._elements import Elements
 from adapters.dicom._items import Node
@@ -20,12 +20,10 @@ _GROUP = "(5400,0100)[0]"
 WAVEFORM_DATA_LOCATION = f"{_GROUP}(5400,1010)"
 
 
-def read_waveform(dataset: Dataset, elements: Elements, base_uri: str) -> Waveform:
+def read_waveform(dataset: Dataset, elements: Elements) -> Waveform:
     """The first multiplex group of Waveform Sequence (5400,0100), the rhythm strip in a 12-lead ECG.
 
-    ``base_uri`` names the source: ``urn:sha256:...`` when it was bytes (that hash already pins the
-    payload, so the payload is not hashed again: on the ECG sample that would cost 2.5% of the read),
-    else ``urn:oid:<SOP Instance UID>``, and then the payload's own sha256 is given.
+    The samples stay in the instance: the data attachment points inside it.
     """
     groups = elements.items(dataset, tags.WAVEFORM_SEQUENCE)
     if not groups:
@@ -45,7 +43,7 @@ def read_waveform(dataset: Dataset, elements: Elements, base_uri: str) -> Wavefo
         sampling_frequency=frequency,
         samples_per_channel=samples,
         leads=_leads(group, elements),
-        data=_data(group, elements, base_uri),
+        data=_data(group, elements),
     )
 
 
@@ -63,22 +61,20 @@ def _leads(group: Node, elements: Elements) -> tuple[str, ...]:
     return tuple(leads)
 
 
-def _data(group: Node, elements: Elements, base_uri: str) -> Attachment:
+def _data(group: Node, elements: Elements) -> Attachment:
     elements.at = WAVEFORM_DATA_LOCATION
     element = group.get_item(tags.WAVEFORM_DATA)
     if element is None:
         raise MissingField("Waveform Data (5400,1010) is missing", location=WAVEFORM_DATA_LOCATION)
     payload = element.value if isinstance(element.value, bytes) else None
-    content_addressed = base_uri.startswith("urn:sha256:")
     if payload is not None:
         size: int | None = len(payload)
     else:
         size = element.length if isinstance(element, RawDataElement) else None
     return Attachment(
-        uri=f"{base_uri}#{WAVEFORM_DATA_LOCATION}",
+        uri=in_source(WAVEFORM_DATA_LOCATION),
         media_type="application/octet-stream",
         size=size,
-        sha256=hashlib.sha256(payload).hexdigest() if payload is not None and not content_addressed else None,
         title=elements.string(group, tags.MULTIPLEX_GROUP_LABEL, _GROUP),  # e.g. RHYTHM
     )
 

@@ -83,7 +83,6 @@ class _Reader:
         self.links = Links(self.graph)
         self.header = _message_header(parsed.root)
         self._parsed = parsed
-        self._source_uri: str | None = None
         message_id = parsed.root.id or (self.header.resource.id if self.header else None)
         self.source = Source(format="fhir", message_id=message_id, charset="utf-8", received_at=context.received_at)
 
@@ -101,12 +100,6 @@ class _Reader:
             return build(located)
         except ValidationError as exc:  # an envelope rule the FHIR models do not know
             raise InvalidMessage(f"cannot make an exam of it: {exc.errors()[0]['msg']}", location=located.path) from exc
-
-    def source_uri(self) -> str:
-        # Hashing a 100 KB ECG message costs 4% of a read: only when an attachment needs it, and once.
-        if self._source_uri is None:
-            self._source_uri = self._parsed.source_uri()
-        return self._source_uri
 
     # -- which resources become exams
 
@@ -164,8 +157,7 @@ class _Reader:
         patient, notices = self._patient(request.subject, located, f"{path}.subject")
         placer, accession = order_numbers(request.identifier or ())
         readings = read_observations(
-            _unique(self.links.observations.get(path, []) + [r for report in reports for r in self._results(report)]),
-            self.source_uri,
+            _unique(self.links.observations.get(path, []) + [r for report in reports for r in self._results(report)])
         )
         performed_at = (
             moment(request.occurrenceDateTime)
@@ -196,7 +188,7 @@ class _Reader:
             study_uid=uid,
             performed_at=performed_at,
             observations=tuple(readings.observations),
-            attachments=tuple(a for report in reports for a in presented_forms(report, self.source_uri)),
+            attachments=tuple(a for report in reports for a in presented_forms(report)),
             waveform=readings.waveform,
             source=self.source,
             notices=notices + self._parsed.notices,
@@ -210,7 +202,7 @@ class _Reader:
         order_identifiers = [ref.identifier for ref in report.basedOn or () if ref.identifier is not None]
         placer, accession = order_numbers(order_identifiers)
         accession = accession or accession_of(report.identifier or ())
-        readings = read_observations(self._results(located), self.source_uri)
+        readings = read_observations(self._results(located))
         uid = self._report_study_uid(located)
         origin = self._origin(
             located,
@@ -230,7 +222,7 @@ class _Reader:
             study_uid=uid,
             performed_at=report_time(report) or readings.first_observed_at,
             observations=tuple(readings.observations),
-            attachments=tuple(presented_forms(located, self.source_uri)),
+            attachments=tuple(presented_forms(located)),
             waveform=readings.waveform,
             source=self.source,
             notices=notices + self._parsed.notices,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 
 from fhir.resources.R4B.codeableconcept import CodeableConcept
@@ -12,6 +12,7 @@ from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.specimen import Specimen
 
+from adapters._common import in_source
 from adapters.fhir._elements import codes_of, coding_of, moment
 from adapters.fhir._graph import Located
 from hub.envelope import Attachment, Coding
@@ -110,7 +111,7 @@ def exam_id_of(origin: str, placer: str | None, accession: str | None, uid: str 
     return derive_exam_id(origin, placer_order=placer, accession=accession, study_uid=uid)
 
 
-def presented_forms(located: Located, source_uri: Callable[[], str]) -> list[Attachment]:
+def presented_forms(located: Located) -> list[Attachment]:
     """A report's presentedForm: inline data stays in the message (the URI points at it), a URL is kept."""
     report = located.resource
     assert isinstance(report, DiagnosticReport)
@@ -121,7 +122,7 @@ def presented_forms(located: Located, source_uri: Callable[[], str]) -> list[Att
             payload = bytes(form.data)
             attachments.append(
                 Attachment(
-                    uri=f"{source_uri()}#{located.path}.presentedForm[{index}]",
+                    uri=in_source(f"{located.path}.presentedForm[{index}]"),
                     media_type=media_type,
                     size=len(payload),
                     sha256=hashlib.sha256(payload).hexdigest(),

@@ -16,7 +16,6 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
-from adapters._common import source_uri
 from hub.envelope import Notice
 from hub.errors import DecodeError, InvalidMessage, Problem, UnsupportedMessage
 
@@ -36,16 +35,11 @@ _LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?")
 @dataclass(frozen=True, slots=True)
 class Parsed:
     root: Resource
-    # The canonical bytes the attachment URIs hash: the raw message, or canonical JSON for dict input.
-    content: bytes
     notices: tuple[Notice, ...] = ()
 
     @property
     def path(self) -> str:
         return self.root.get_resource_type()
-
-    def source_uri(self) -> str:
-        return source_uri(self.content)
 
 
 def parse(raw: object) -> Parsed:
@@ -67,18 +61,18 @@ def _parse_bytes(raw: bytes) -> Parsed:
         pass
     else:
         _check_bundle_type(bundle.type)
-        return Parsed(bundle, raw)
+        return Parsed(bundle)
     data = _load_json(body)
-    return Parsed(*_validate(data, raw))
+    return Parsed(*_validate(data))
 
 
 def _parse_mapping(raw: Mapping[str, Any]) -> Parsed:
     data = dict(raw)
     try:
-        canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        json.dumps(data, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise DecodeError(f"the dict is not JSON data: {exc}", location="$") from exc
-    return Parsed(*_validate(data, canonical.encode("utf-8")))
+    return Parsed(*_validate(data))
 
 
 def _load_json(body: bytes) -> Any:
@@ -101,11 +95,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _validate(data: Any, content: bytes) -> tuple[Resource, bytes, tuple[Notice, ...]]:
+def _validate(data: Any) -> tuple[Resource, tuple[Notice, ...]]:
     model = _model_for(data)
     root = model.get_resource_type()
     try:
-        return model.model_validate(data), content, ()
+        return model.model_validate(data), ()
     except ValidationError as exc:
         patched, notices = _with_china_offsets(data, exc, root)
         if not notices:
@@ -113,7 +107,7 @@ def _validate(data: Any, content: bytes) -> tuple[Resource, bytes, tuple[Notice,
     except Exception as exc:
         raise _library_failure(data, root) from exc
     try:
-        return model.model_validate(patched), content, notices
+        return model.model_validate(patched), notices
     except ValidationError as exc:
         raise InvalidMessage(_NOT_R4, problems=_problems(exc, root)) from exc
     except Exception as exc:

@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from adapters._common import RESIDENT_ID_SYSTEM, canonical_system, source_uri, split_resident_ids
+from adapters._common import RESIDENT_ID_SYSTEM, canonical_system, in_source, split_resident_ids
 from adapters.hl7v2._er7 import Delimiters, Segment, unescape
 from adapters.hl7v2._values import OBSERVATION_STATUS, SEX, media_type, parse_date, parse_dtm, parse_number
 from hub.envelope import Attachment, Coding, Identifier, Notice, Observation, Patient
@@ -25,7 +25,7 @@ _CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})
 class Context:
     """What every field reader needs: the delimiters, the codec, the raw bytes (for attachment URIs)."""
 
-    __slots__ = ("_dtm", "_source_uri", "codec", "comp", "delimiters", "esc", "raw", "rep", "sub")
+    __slots__ = ("_dtm", "codec", "comp", "delimiters", "esc", "raw", "rep", "sub")
 
     def __init__(self, delimiters: Delimiters, codec: str, raw: bytes) -> None:
         self.delimiters = delimiters
@@ -35,7 +35,6 @@ class Context:
         self.rep = delimiters.repetition
         self.sub = delimiters.subcomponent
         self.esc = delimiters.escape
-        self._source_uri: str | None = None
         self._dtm: dict[str, datetime | None] = {}
 
     def leaf(self, value: str) -> str:
@@ -74,11 +73,6 @@ class Context:
         except KeyError:
             parsed = self._dtm[value] = parse_dtm(value)
             return parsed
-
-    def source_uri(self) -> str:
-        if self._source_uri is None:
-            self._source_uri = source_uri(self.raw)
-        return self._source_uri
 
 
 def read_patient(pid: Segment, ctx: Context) -> tuple[Patient, tuple[Notice, ...]]:
@@ -248,7 +242,7 @@ def _attachment(obx: Segment, value_type: str, ctx: Context) -> Attachment | Non
     data = ctx.leaf(parts[4])
     payload = _payload(encoding.upper(), data, obx, ctx)
     return Attachment(
-        uri=f"{ctx.source_uri()}#OBX[{obx.nth}]-5",
+        uri=in_source(f"OBX[{obx.nth}]-5"),
         media_type=media_type(kind, subtype),
         size=None if payload is None else len(payload),
         sha256=None if payload is None else hashlib.sha256(payload).hexdigest(),
