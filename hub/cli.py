@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hub.topology import Topology
 
 __all__ = ["main"]
 
@@ -49,6 +54,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(folder, sys.stdout)
 
 
+DEFAULT_BROKER = "amqp://guest:guest@localhost:5672/%2F"
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    from hub.topology import Topology
+
+    return Topology(institutions=args.institution)
+
+
+def _cmd_topology(args: argparse.Namespace) -> int:
+    topology = _topology(args)
+    if args.action == "show":
+        print(topology.describe())
+        return 0
+    from hub.broker import connect
+    from hub.errors import BrokerError
+
+    try:
+        with connect(args.broker) as broker:
+            broker.declare(topology)
+    except BrokerError as exc:
+        print(f"hub topology declare: {exc}", file=sys.stderr)
+        return 1
+    print(f"declared {sum(1 for _ in topology.queues())} queues on {_redacted(args.broker)}")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hub", description="Consortium shared-services hub: exams to the lead hospital's centres, reports back."
@@ -65,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--origin", help="sending institution code, overriding what the message says")
     read.add_argument("--charset", help="the sender's fallback charset, e.g. GB18030 or GBK")
     read.set_defaults(run=_cmd_read)
+
+    topology = commands.add_parser("topology", help="show the hub's exchanges and queues, or declare them")
+    topology.add_argument("action", choices=["show", "declare"])
+    topology.add_argument(
+        "--institution", action="append", default=[], metavar="CODE", help="a member's code (repeat for each)"
+    )
+    topology.add_argument(
+        "--broker",
+        default=os.environ.get("HUB_BROKER_URL", DEFAULT_BROKER),
+        help="default: $HUB_BROKER_URL or localhost",
+    )
+    topology.set_defaults(run=_cmd_topology)
 
     schemas = commands.add_parser("schemas", help="write or check the envelope JSON Schemas")
     schemas.add_argument("action", choices=["write", "check"])

@@ -6,7 +6,11 @@
     │   ├── UnsupportedMessage  a readable message of a kind the hub does not take
     │   └── InvalidMessage      a supported message whose content breaks a rule
     │       └── MissingField    a required segment, field, element or reference is absent
-    └── EnvelopeError           bytes that are not a valid envelope of this schema version
+    ├── EnvelopeError           bytes that are not a valid envelope of this schema version
+    └── BrokerError             the broker did not take a message
+        ├── BrokerUnavailable   no connection, or it dropped before the confirm: try again later
+        ├── Unroutable          no queue is bound for the routing key (publishing is mandatory)
+        └── PublishRefused      the broker nacked the message or refused it (e.g. a forged user_id)
 
 Every AdapterError carries one or more problems. A problem names where it is
 (an HL7 segment-field such as ``PID-3``, a FHIR path such as
@@ -22,12 +26,16 @@ from dataclasses import dataclass
 
 __all__ = [
     "AdapterError",
+    "BrokerError",
+    "BrokerUnavailable",
     "DecodeError",
     "EnvelopeError",
     "HubError",
     "InvalidMessage",
     "MissingField",
     "Problem",
+    "PublishRefused",
+    "Unroutable",
     "UnsupportedMessage",
 ]
 
@@ -88,3 +96,19 @@ class MissingField(InvalidMessage):
 
 class EnvelopeError(HubError):
     """Bytes that do not decode to an envelope of this schema version."""
+
+
+class BrokerError(HubError):
+    """The broker did not take a message; a sender must not be acknowledged."""
+
+
+class BrokerUnavailable(BrokerError):
+    """No connection to the broker, or it dropped before the message was confirmed."""
+
+
+class Unroutable(BrokerError):
+    """No queue is bound for the message's routing key."""
+
+
+class PublishRefused(BrokerError):
+    """The broker nacked the message, or refused it outright (a user_id that is not the login user)."""

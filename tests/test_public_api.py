@@ -8,9 +8,14 @@ PUBLIC_MODULES = [
     "hub",
     "hub.envelope",
     "hub.errors",
+    "hub.broker",
+    "hub.brokers.memory",
+    "hub.brokers.rabbitmq",
     "hub.ids",
+    "hub.publish",
     "hub.resources",
     "hub.schemas",
+    "hub.topology",
     "adapters",
     "adapters.hl7v2",
     "adapters.fhir",
@@ -45,3 +50,16 @@ def test_error_tree_shape() -> None:
     assert not issubclass(errors.EnvelopeError, errors.AdapterError)
     error = errors.InvalidMessage("患者身份证号缺失", location="PID-3")
     assert (error.location, error.message, str(error)) == ("PID-3", "患者身份证号缺失", "PID-3: 患者身份证号缺失")
+
+
+def test_only_the_rabbitmq_broker_imports_pika() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    importers = sorted(
+        str(path.relative_to(root))
+        for folder in ("hub", "adapters")
+        for path in (root / folder).rglob("*.py")
+        if any(line.lstrip().startswith(("import pika", "from pika")) for line in path.read_text("utf-8").splitlines())
+    )
+    assert importers == ["hub/brokers/rabbitmq.py"]

@@ -1,0 +1,124 @@
+"""The broker interface: publish with confirms, consume with explicit acks.
+
+Two implementations, chosen by URL with ``connect``:
+
+    amqp://, amqps://   hub.brokers.rabbitmq  (the only module that imports pika)
+    memory://           hub.brokers.memory    (in-process: embedding, the demo, fast unit tests)
+
+``publish`` returns a future that resolves once the broker has confirmed the
+message (or fails with a BrokerError), so many callers pipeline their confirms
+through one connection. ``consume`` calls back with a ``Delivery`` whose
+``ack`` and ``reject`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.topology import Topology
+
+__all__ = ["Broker", "Delivery", "Message", "Subscription", "connect"]
+
+
+@dataclass(frozen=True)
+class Message:
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    content_type: str = "application/json"
+    # Set when a member publishes with its own broker user: RabbitMQ refuses a user_id that is
+    # not the connection's login, so a member cannot forge another's origin.
+    user_id: str | None = None
+
+
+class Delivery(ABC):
+    """One message handed to a consumer. Settle it exactly once, from any thread."""
+
+    def __init__(
+        self,
+        *,
+        queue: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        headers: Mapping[str, Any],
+        redelivered: bool,
+    ) -> None:
+        self.queue = queue
+        self.routing_key = routing_key
+        self.body = body
+        self.message_id = message_id
+        self.headers = headers
+        self.redelivered = redelivered
+
+    @property
+    def delivery_count(self) -> int:
+        """Earlier deliveries of this message by this queue (quorum queues count them)."""
+        return int(self.headers.get("x-delivery-count", 0) or 0)
+
+    @abstractmethod
+    def ack(self) -> None:
+        """Done with: the broker forgets the message."""
+
+    @abstractmethod
+    def reject(self, *, requeue: bool) -> None:
+        """Give the message back (requeue) or drop it to the queue's dead-letter exchange."""
+
+
+class Subscription(ABC):
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop deliveries; unsettled ones go back to the queue."""
+
+
+class Broker(ABC):
+    url: str
+
+    @abstractmethod
+    def declare(self, topology: Topology) -> None:
+        """Declare exchanges, queues and bindings; declaring twice changes nothing."""
+
+    @abstractmethod
+    def publish(self, message: Message) -> Future[None]:
+        """Publish persistently and mandatorily; the future resolves on the broker's confirm."""
+
+    @abstractmethod
+    def consume(self, queue: str, on_delivery: Callable[[Delivery], None], *, prefetch: int) -> Subscription:
+        """Deliver messages from ``queue``, at most ``prefetch`` unsettled at a time.
+
+        ``on_delivery`` runs on the broker's own thread: it must hand the delivery on quickly.
+        """
+
+    @abstractmethod
+    def message_count(self, queue: str) -> int:
+        """Messages ready in ``queue`` (not counting those delivered and unsettled)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection; unsettled deliveries go back to their queues."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(url: str) -> Broker:
+    """The broker for ``url``: ``amqp://``/``amqps://`` for RabbitMQ, ``memory://`` in-process."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("amqp", "amqps"):
+        from hub.brokers.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker(url)
+    if scheme == "memory":
+        from hub.brokers.memory import MemoryBroker
+
+        return MemoryBroker(url)
+    raise ValueError(f"unknown broker URL scheme {scheme!r}: use amqp://, amqps:// or memory://")

@@ -1,0 +1,3 @@
+"""Broker implementations: ``rabbitmq`` (pika) and ``memory`` (in-process)."""
+
+__all__: list[str] = []

@@ -1,0 +1,395 @@
+"""RabbitMQ on pika: one connection, driven by its own I/O thread.
+
+The only module that imports pika. Everything that touches the connection
+runs on the I/O thread; other threads hand work to it with the IOLoop's
+``add_callback_threadsafe``, the one thread-safe call pika offers. Publishes are
+pipelined: each gets a future that the confirm resolves, so callers on many
+threads share one confirm window. Handlers never run on the I/O thread, which
+keeps heartbeats flowing however long a handler takes.
+
+When the connection drops, every unconfirmed publish fails with
+BrokerUnavailable (its sender is not acknowledged and will retry), deliveries
+not yet settled are redelivered by RabbitMQ, and the I/O thread reconnects with
+backoff and resumes the subscriptions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pika
+from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from hub.broker import Broker, Delivery, Message, Subscription
+from hub.errors import BrokerError, BrokerUnavailable, PublishRefused, Unroutable
+from hub.topology import Topology
+
+__all__ = ["RabbitMQBroker"]
+
+_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+_TIMEOUT = 30.0
+
+
+@dataclass
+class _Pending:
+    future: Future[None]
+    message: Message
+    returned: str | None = None  # the broker's reason, when it returned the message as unroutable
+
+
+class RabbitMQBroker(Broker):
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self._params = pika.URLParameters(url)
+        self._login = self._params.credentials.username
+        self._ioloop = IOLoop()
+        self._connection: SelectConnection | None = None
+        self._publisher: Channel | None = None
+        self._admin: Channel | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._next_tag = 1
+        self._waiting: set[Future[Any]] = set()  # handed to the I/O thread, not yet on the wire
+        self._backlog: list[tuple[Message, Future[None]]] = []  # waiting for the publishing channel to reopen
+        self._subscriptions: list[_Subscription] = []
+        self._attempt = 0
+        self._closing = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-rabbitmq-io", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(connect_timeout):
+            self.close()
+            raise BrokerUnavailable(f"no connection to RabbitMQ at {self._params.host}:{self._params.port}")
+
+    # -- the I/O thread
+
+    def _run(self) -> None:
+        self._ioloop.add_callback_threadsafe(self._connect)
+        self._ioloop.start()
+
+    def _connect(self) -> None:
+        self._connection = SelectConnection(
+            self._params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_lost,
+            on_close_callback=self._on_lost,
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_open(self, connection: SelectConnection) -> None:
+        self._attempt = 0
+        connection.channel(on_open_callback=self._on_publisher_open)
+        connection.channel(on_open_callback=self._on_admin_open)
+        for subscription in self._subscriptions:
+            subscription.open(connection)
+
+    def _on_publisher_open(self, channel: Channel) -> None:
+        self._publisher, self._next_tag = channel, 1
+        channel.confirm_delivery(self._on_confirm)
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_close_callback(self._on_publisher_closed)
+        self._maybe_ready()
+        backlog, self._backlog = self._backlog, []
+        for message, future in backlog:
+            self._send(message, future)
+
+    def _on_admin_open(self, channel: Channel) -> None:
+        self._admin = channel
+        channel.add_on_close_callback(self._on_admin_closed)
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if self._publisher is not None and self._admin is not None:
+            self._ready.set()
+
+    def _on_lost(self, _connection: SelectConnection, reason: Any) -> None:
+        self._ready.clear()
+        self._publisher = self._admin = None
+        self._fail_all(BrokerUnavailable(f"RabbitMQ connection lost before the confirm: {reason}"))
+        if self._closing:
+            self._ioloop.stop()
+            return
+        delay = _BACKOFF[min(self._attempt, len(_BACKOFF) - 1)]
+        self._attempt += 1
+        self._ioloop.call_later(delay, self._connect)
+
+    def _fail_all(self, error: BrokerError) -> None:
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            _settle(entry.future, error)
+        waiting, self._waiting = self._waiting, set()
+        backlog, self._backlog = self._backlog, []
+        for future in [*waiting, *(future for _message, future in backlog)]:
+            _settle(future, error)
+
+    def _call(self, fn: Callable[[], None], future: Future[Any]) -> None:
+        """Run ``fn`` on the I/O thread; ``future`` fails if the connection drops first."""
+        if self._closing:
+            _settle(future, BrokerUnavailable("the broker is closed"))
+            return
+
+        def run() -> None:
+            self._waiting.discard(future)
+            if future.done():
+                return
+            try:
+                fn()
+            except Exception as exc:  # pika raises on a closed channel or connection
+                _settle(future, BrokerUnavailable(f"RabbitMQ refused the call: {exc}"))
+
+        self._waiting.add(future)
+        self._ioloop.add_callback_threadsafe(run)
+
+    # -- publishing
+
+    def publish(self, message: Message) -> Future[None]:
+        future: Future[None] = Future()
+        self._call(lambda: self._send(message, future), future)
+        return future
+
+    def _send(self, message: Message, future: Future[None]) -> None:
+        channel = self._publisher
+        if channel is None or not channel.is_open:
+            connection = self._connection
+            if connection is None or not connection.is_open:
+                raise BrokerUnavailable("no connection to RabbitMQ")
+            self._backlog.append((message, future))  # the channel is reopening after a refusal
+            return
+        properties = BasicProperties(
+            content_type=message.content_type,
+            delivery_mode=2,
+            message_id=message.message_id,
+            headers=dict(message.headers),
+            user_id=message.user_id,
+        )
+        channel.basic_publish(message.exchange, message.routing_key, message.body, properties, mandatory=True)
+        self._pending[self._next_tag] = _Pending(future, message)
+        self._next_tag += 1
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        for tag in tags:
+            entry = self._pending.pop(tag, None)
+            if entry is None:
+                continue
+            if isinstance(method, Basic.Nack):
+                _settle(entry.future, PublishRefused(f"RabbitMQ nacked message {entry.message.message_id}"))
+            elif entry.returned is not None:
+                _settle(entry.future, Unroutable(entry.returned))
+            else:
+                _settle(entry.future, None)
+
+    def _on_return(self, _channel: Channel, method: Any, properties: BasicProperties, _body: bytes) -> None:
+        # A return carries no delivery tag; it comes before the confirm of its own message.
+        for entry in self._pending.values():
+            if entry.returned is None and entry.message.message_id == properties.message_id:
+                entry.returned = (
+                    f"no queue is bound for {method.exchange!r} with routing key {method.routing_key!r} "
+                    f"({method.reply_text})"
+                )
+                return
+
+    def _on_publisher_closed(self, channel: Channel, reason: Any) -> None:
+        self._publisher = None
+        text = str(reason)
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            forged = entry.message.user_id is not None and entry.message.user_id != self._login
+            if forged and "user_id" in text:
+                error: BrokerError = PublishRefused(
+                    f"RabbitMQ refused user_id {entry.message.user_id!r}: this connection is logged in as "
+                    f"{self._login!r}, and a member may only publish as itself ({text})"
+                )
+            else:
+                error = BrokerUnavailable(f"the publishing channel closed before the confirm: {text}")
+            _settle(entry.future, error)
+        connection = self._connection
+        if not self._closing and connection is not None and connection.is_open:
+            connection.channel(on_open_callback=self._on_publisher_open)
+
+    # -- declaring and inspecting
+
+    def _admin_rpc(self, operation: Callable[[Channel, Callable[[Any], None]], None]) -> Any:
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            channel = self._admin
+            if channel is None or not channel.is_open:
+                raise BrokerUnavailable("no open channel to RabbitMQ")
+            operation(channel, lambda frame: _settle(future, frame))
+
+        self._call(run, future)
+        return future.result(_TIMEOUT)
+
+    def _on_admin_closed(self, _channel: Channel, reason: Any) -> None:
+        self._admin = None
+        self._fail_all_waiting(BrokerError(f"RabbitMQ refused a declaration: {reason}"))
+        connection = self._connection
+        if not self._closing and connection is not None and connection.is_open:
+            connection.channel(on_open_callback=self._on_admin_open)
+
+    def _fail_all_waiting(self, error: BrokerError) -> None:
+        # Only admin calls wait on the admin channel; publishes are tracked in _pending.
+        for future in list(self._waiting):
+            if not future.done():
+                _settle(future, error)
+
+    def declare(self, topology: Topology) -> None:
+        for exchange in topology.exchanges():
+            self._admin_rpc(partial(_declare_exchange, exchange.name, exchange.type))
+        for queue in topology.queues():
+            self._admin_rpc(partial(_declare_queue, queue.name, queue.arguments))
+        for binding in topology.bindings():
+            self._admin_rpc(partial(_bind, binding.queue, binding.exchange, binding.routing_key))
+
+    def message_count(self, queue: str) -> int:
+        frame = self._admin_rpc(lambda ch, done: ch.queue_declare(queue, passive=True, callback=done))
+        return int(frame.method.message_count)
+
+    # -- consuming
+
+    def consume(self, queue: str, on_delivery: Callable[[Delivery], None], *, prefetch: int) -> Subscription:
+        subscription = _Subscription(self, queue, on_delivery, prefetch)
+        self._subscriptions.append(subscription)
+        opened: Future[None] = Future()
+
+        def run() -> None:
+            connection = self._connection
+            if connection is None or not connection.is_open:
+                raise BrokerUnavailable("no connection to RabbitMQ")
+            subscription.open(connection, opened)
+
+        self._call(run, opened)
+        opened.result(_TIMEOUT)
+        return subscription
+
+    def in_io_thread(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread, fire and forget (settling deliveries)."""
+        if not self._closing:
+            self._ioloop.add_callback_threadsafe(fn)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+
+        def shut() -> None:
+            connection = self._connection
+            if connection is not None and connection.is_open:
+                connection.close()
+            else:
+                self._ioloop.stop()
+
+        self._ioloop.add_callback_threadsafe(shut)
+        self._thread.join(_TIMEOUT)
+        self._ready.clear()
+
+
+class _Subscription(Subscription):
+    def __init__(self, broker: RabbitMQBroker, queue: str, on_delivery: Callable[[Delivery], None], prefetch: int):
+        self._broker = broker
+        self.queue = queue
+        self._on_delivery = on_delivery
+        self._prefetch = prefetch
+        self._channel: Channel | None = None
+        self._cancelled = False
+
+    def open(self, connection: SelectConnection, opened: Future[None] | None = None) -> None:
+        def on_channel(channel: Channel) -> None:
+            self._channel = channel
+            channel.add_on_close_callback(lambda _ch, reason: self._on_closed(reason, opened))
+            channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _f: start(channel))
+
+        def started(_frame: Any) -> None:
+            if opened is not None:
+                _settle(opened, None)
+
+        def start(channel: Channel) -> None:
+            channel.basic_consume(self.queue, self._on_message, callback=started)
+
+        if not self._cancelled:
+            connection.channel(on_open_callback=on_channel)
+
+    def _on_closed(self, reason: Any, opened: Future[None] | None) -> None:
+        self._channel = None
+        if opened is not None and not opened.done():
+            _settle(opened, BrokerError(f"cannot consume from {self.queue!r}: {reason}"))
+
+    def _on_message(self, channel: Channel, method: Any, properties: BasicProperties, body: bytes) -> None:
+        self._on_delivery(
+            _RabbitDelivery(
+                self._broker,
+                channel,
+                method.delivery_tag,
+                queue=self.queue,
+                routing_key=method.routing_key,
+                body=body,
+                message_id=properties.message_id or "",
+                headers=properties.headers or {},
+                redelivered=bool(method.redelivered),
+            )
+        )
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self in self._broker._subscriptions:
+            self._broker._subscriptions.remove(self)
+
+        def shut() -> None:
+            channel = self._channel
+            if channel is not None and channel.is_open:
+                channel.close()
+
+        self._broker.in_io_thread(shut)
+
+
+class _RabbitDelivery(Delivery):
+    def __init__(self, broker: RabbitMQBroker, channel: Channel, tag: int, **fields: Any) -> None:
+        super().__init__(**fields)
+        self._broker = broker
+        self._channel = channel
+        self._tag = tag
+
+    def _settle(self, action: Callable[[Channel], None]) -> None:
+        channel = self._channel
+
+        def run() -> None:
+            # After a reconnect the tag means nothing: RabbitMQ redelivers the message instead.
+            if channel.is_open:
+                action(channel)
+
+        self._broker.in_io_thread(run)
+
+    def ack(self) -> None:
+        self._settle(lambda ch: ch.basic_ack(self._tag))
+
+    def reject(self, *, requeue: bool) -> None:
+        self._settle(lambda ch: ch.basic_reject(self._tag, requeue=requeue))
+
+
+def _declare_exchange(name: str, kind: str, channel: Channel, done: Callable[[Any], None]) -> None:
+    channel.exchange_declare(name, kind, durable=True, callback=done)
+
+
+def _declare_queue(name: str, arguments: dict[str, Any], channel: Channel, done: Callable[[Any], None]) -> None:
+    channel.queue_declare(name, durable=True, arguments=arguments, callback=done)
+
+
+def _bind(queue: str, exchange: str, routing_key: str, channel: Channel, done: Callable[[Any], None]) -> None:
+    channel.queue_bind(queue, exchange, routing_key, callback=done)
+
+
+def _settle(future: Future[Any], outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

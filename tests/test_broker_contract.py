@@ -1,0 +1,209 @@
+"""One contract, two brokers: every test here runs on the in-process broker and on RabbitMQ."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import wait
+
+import pytest
+
+from hub.broker import Broker, Delivery, Message
+from hub.errors import PublishRefused, Unroutable
+from hub.topology import (
+    DELIVERY_LIMIT,
+    EXAMS,
+    Topology,
+    exam_queue,
+    exam_routing_key,
+    parked_queue,
+    retry_exchange,
+    stat_queue,
+)
+
+ORIGIN = "12330112472334561L"  # 於潜镇中心卫生院
+TOPOLOGY = Topology(institutions=[ORIGIN], retry_delays=(1,))
+WAIT = 15.0
+
+
+def exam(key: str, n: int = 0, **headers: object) -> Message:
+    return Message(EXAMS, key, f'{{"exam": {n}, "name": "张伟"}}'.encode(), message_id=f"ex-{n}", headers=headers)
+
+
+def collect(broker: Broker, queue_name: str, *, prefetch: int = 10) -> tuple[queue.Queue[Delivery], object]:
+    got: queue.Queue[Delivery] = queue.Queue()
+    subscription = broker.consume(queue_name, got.put, prefetch=prefetch)
+    return got, subscription
+
+
+def eventually(condition: object, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def hub_broker(broker: Broker) -> Broker:
+    broker.declare(TOPOLOGY)
+    return broker
+
+
+def test_declaring_twice_changes_nothing(hub_broker: Broker) -> None:
+    hub_broker.declare(TOPOLOGY)
+    assert hub_broker.message_count(exam_queue("lab")) == 0
+    assert hub_broker.message_count(stat_queue("ecg")) == 0
+
+
+def test_exams_route_to_their_centre_and_lane(hub_broker: Broker) -> None:
+    futures = [
+        hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), 1)),
+        hub_broker.publish(exam(exam_routing_key("lab", "urgent", ORIGIN), 2)),
+        hub_broker.publish(exam(exam_routing_key("lab", "stat", ORIGIN), 3)),
+        hub_broker.publish(exam(exam_routing_key("ecg", "stat", ORIGIN), 4)),
+    ]
+    for future in futures:
+        future.result(WAIT)
+    eventually(lambda: hub_broker.message_count(exam_queue("lab")) == 2)
+    assert hub_broker.message_count(stat_queue("lab")) == 1
+    assert hub_broker.message_count(stat_queue("ecg")) == 1
+    assert hub_broker.message_count(exam_queue("ecg")) == 0
+
+
+def test_unroutable_is_an_error_not_a_silent_drop(hub_broker: Broker) -> None:
+    with pytest.raises(Unroutable, match=r"dental\.routine"):
+        hub_broker.publish(exam(f"dental.routine.{ORIGIN}")).result(WAIT)
+    # The broker keeps working after a returned message.
+    hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN))).result(WAIT)
+
+
+def test_a_delivery_carries_body_id_and_headers_and_ack_removes_it(hub_broker: Broker) -> None:
+    hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), 7, origin=ORIGIN)).result(WAIT)
+    got, subscription = collect(hub_broker, exam_queue("lab"))
+    delivery = got.get(timeout=WAIT)
+    assert delivery.message_id == "ex-7"
+    assert "张伟".encode() in delivery.body
+    assert delivery.headers["origin"] == ORIGIN
+    assert delivery.routing_key == exam_routing_key("lab", "routine", ORIGIN)
+    assert not delivery.redelivered
+    delivery.ack()
+    subscription.cancel()  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    assert hub_broker.message_count(exam_queue("lab")) == 0
+
+
+def test_unsettled_deliveries_come_back_after_a_crash(hub_broker: Broker, broker_url: str) -> None:
+    from hub.broker import connect
+
+    hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), 1)).result(WAIT)
+    if broker_url.startswith("memory"):
+        crashed, subscription = collect(hub_broker, exam_queue("lab"))
+        crashed.get(timeout=WAIT)
+        subscription.cancel()  # type: ignore[attr-defined]  # a consumer gone without settling
+        survivor = hub_broker
+    else:
+        worker = connect(broker_url)  # a worker process that dies holding the message
+        crashed, _ = collect(worker, exam_queue("lab"))
+        crashed.get(timeout=WAIT)
+        worker.close()
+        survivor = hub_broker
+    got, _ = collect(survivor, exam_queue("lab"))
+    again = got.get(timeout=WAIT)
+    assert again.message_id == "ex-1"
+    assert again.redelivered
+    assert again.delivery_count == 1
+
+
+def test_prefetch_bounds_unsettled_deliveries(hub_broker: Broker) -> None:
+    for n in range(5):
+        hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), n)).result(WAIT)
+    got, _ = collect(hub_broker, exam_queue("lab"), prefetch=2)
+    first = [got.get(timeout=WAIT), got.get(timeout=WAIT)]
+    time.sleep(0.5)
+    assert got.qsize() == 0
+    first[0].ack()
+    assert got.get(timeout=WAIT).message_id == "ex-2"
+
+
+def test_rejected_exams_are_parked_with_their_headers(hub_broker: Broker) -> None:
+    hub_broker.publish(exam(exam_routing_key("ecg", "stat", ORIGIN), 9, trace="t-1")).result(WAIT)
+    got, _ = collect(hub_broker, stat_queue("ecg"))
+    got.get(timeout=WAIT).reject(requeue=False)
+    parked, _ = collect(hub_broker, parked_queue("ecg"))
+    delivery = parked.get(timeout=WAIT)
+    assert delivery.message_id == "ex-9"
+    assert delivery.headers["trace"] == "t-1"
+    assert delivery.headers["x-death"][0]["reason"] == "rejected"
+    assert delivery.headers["x-death"][0]["queue"] == stat_queue("ecg")
+
+
+def test_a_message_that_keeps_failing_is_parked_at_the_delivery_limit(hub_broker: Broker) -> None:
+    hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), 5)).result(WAIT)
+    got, _ = collect(hub_broker, exam_queue("lab"))
+    counts = []
+    for _ in range(DELIVERY_LIMIT + 1):
+        delivery = got.get(timeout=WAIT)
+        counts.append(delivery.delivery_count)
+        delivery.reject(requeue=True)
+    assert counts == list(range(DELIVERY_LIMIT + 1))
+    parked, _ = collect(hub_broker, parked_queue("lab"))
+    delivery = parked.get(timeout=WAIT)
+    assert delivery.message_id == "ex-5"
+    assert delivery.headers["x-death"][0]["reason"] == "delivery_limit"
+
+
+def test_a_retry_waits_in_its_delay_queue_then_returns_to_its_lane(hub_broker: Broker) -> None:
+    key = exam_routing_key("ecg", "stat", ORIGIN)
+    sent = time.monotonic()
+    hub_broker.publish(Message(retry_exchange(1), key, b"{}", message_id="ex-r", headers={"x-hub-attempt": 1})).result(
+        WAIT
+    )
+    got, _ = collect(hub_broker, stat_queue("ecg"))
+    delivery = got.get(timeout=WAIT)
+    assert time.monotonic() - sent >= 0.9
+    assert delivery.message_id == "ex-r"
+    assert delivery.headers["x-hub-attempt"] == 1
+    assert hub_broker.message_count(exam_queue("ecg")) == 0
+
+
+def test_a_forged_user_id_is_refused_and_the_broker_keeps_working(hub_broker: Broker) -> None:
+    key = exam_routing_key("lab", "routine", ORIGIN)
+    hub_broker.publish(
+        Message(EXAMS, key, b"{}", message_id="own", user_id="guest")
+    ).result(WAIT)  # fmt: skip
+    with pytest.raises(PublishRefused, match="user_id"):
+        hub_broker.publish(Message(EXAMS, key, b"{}", message_id="forged", user_id="12330112473455672X")).result(WAIT)
+    hub_broker.publish(exam(key, 2)).result(WAIT)
+    eventually(lambda: hub_broker.message_count(exam_queue("lab")) == 2)
+
+
+def test_many_publishes_in_flight_all_confirm(hub_broker: Broker) -> None:
+    key = exam_routing_key("lab", "routine", ORIGIN)
+    futures = [hub_broker.publish(exam(key, n)) for n in range(1000)]
+    done, not_done = wait(futures, timeout=60)
+    assert not not_done
+    assert all(f.exception() is None for f in done)
+    eventually(lambda: hub_broker.message_count(exam_queue("lab")) == 1000)
+
+
+def test_publishing_from_many_threads(hub_broker: Broker) -> None:
+    key = exam_routing_key("imaging", "urgent", ORIGIN)
+    errors: list[BaseException] = []
+
+    def sender(base: int) -> None:
+        try:
+            for n in range(50):
+                hub_broker.publish(exam(key, base + n)).result(WAIT)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(i * 100,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    eventually(lambda: hub_broker.message_count(exam_queue("imaging")) == 400)
