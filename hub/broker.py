@@ -58,6 +58,11 @@ class Delivery(ABC):
         self.redelivered = redelivered
 
     @property
+    def live(self) -> bool:
+        """Whether settling still reaches the broker; after a reconnect the message is redelivered instead."""
+        return True
+
+    @property
     def delivery_count(self) -> int:
         """Earlier deliveries of this message by this queue (quorum queues count them)."""
         return int(self.headers.get("x-delivery-count", 0) or 0)

@@ -81,6 +81,34 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_handler(spec: str) -> object:
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"--handler wants module:function, got {spec!r}")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from hub.broker import connect
+    from hub.errors import BrokerError
+    from hub.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = _load_handler(args.handler)
+    try:
+        with connect(args.broker) as broker:
+            broker.declare(_topology(args))
+            Worker(broker, args.centre, handler, concurrency=args.concurrency, prefetch=args.prefetch).run()  # type: ignore[arg-type]
+    except BrokerError as exc:
+        print(f"hub worker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _redacted(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
@@ -118,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: $HUB_BROKER_URL or localhost",
     )
     topology.set_defaults(run=_cmd_topology)
+
+    worker = commands.add_parser("worker", help="run a centre's diagnosis worker until SIGTERM")
+    worker.add_argument("centre", choices=["imaging", "ecg", "lab", "pathology"])
+    worker.add_argument("--handler", required=True, metavar="MODULE:FUNCTION", help="handler(exam) -> Report | None")
+    worker.add_argument("--concurrency", type=int, default=4, help="exams handled at once (default 4)")
+    worker.add_argument("--prefetch", type=int, help="unacked exams held per lane (default 2 x concurrency)")
+    worker.add_argument("--institution", action="append", default=[], metavar="CODE", help="a member's code")
+    worker.add_argument(
+        "--broker",
+        default=os.environ.get("HUB_BROKER_URL", DEFAULT_BROKER),
+        help="broker URL (default: $HUB_BROKER_URL, else RabbitMQ on localhost)",
+    )
+    worker.set_defaults(run=_cmd_worker)
 
     schemas = commands.add_parser("schemas", help="write or check the envelope JSON Schemas")
     schemas.add_argument("action", choices=["write", "check"])

@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "hub.resources",
     "hub.schemas",
     "hub.topology",
+    "hub.worker",
     "adapters",
     "adapters.hl7v2",
     "adapters.fhir",

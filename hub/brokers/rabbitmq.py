@@ -357,6 +357,10 @@ class _RabbitDelivery(Delivery):
         self._channel = channel
         self._tag = tag
 
+    @property
+    def live(self) -> bool:
+        return bool(self._channel.is_open)
+
     def _settle(self, action: Callable[[Channel], None]) -> None:
         channel = self._channel
 

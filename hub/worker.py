@@ -1,0 +1,206 @@
+"""The diagnosis-worker runtime: exams in, reports out, nothing lost.
+
+    worker = Worker(broker, "ecg", handler, concurrency=4)
+    worker.run()          # until SIGTERM or SIGINT
+
+``handler(exam)`` returns a Report, or None when the exam was accepted for
+human reading (its report comes later through ``submit_report``). It may
+``raise Retry(delay)`` to try again later or ``raise Reject(reason)`` to park
+the exam; any other exception is retried through the delay queues and parked
+once they are used up. Handlers never ack: ``_settle`` is the one place that
+does, and only after the broker has confirmed whatever the outcome published.
+A report is confirmed before its exam is acked, so a crash in between gives a
+duplicate report with the same report_id, never a lost one.
+
+The STAT lane and the routine lane feed one local buffer that always hands
+out STAT exams first. Handlers run on the worker's own threads, never on the
+broker's I/O thread, so a long read does not starve heartbeats.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from hub.broker import Broker, Delivery, Message, Subscription
+from hub.envelope import Centre, Exam, Report
+from hub.errors import BrokerError, EnvelopeError, Unroutable
+from hub.publish import CONFIRM_TIMEOUT, report_message
+from hub.topology import PARKED, RETRY_DELAYS, exam_queue, retry_exchange, stat_queue
+
+__all__ = ["Handler", "Reject", "Retry", "Worker"]
+
+log = logging.getLogger("hub.worker")
+
+Handler = Callable[[Exam], Report | None]
+ATTEMPT = "x-hub-attempt"
+
+
+class Retry(Exception):  # read as a verb in handlers: raise Retry(30)
+    """Try the exam again after about ``delay`` seconds (the nearest retry queue at or above it)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or f"retry requested in {delay}s")
+        self.delay = delay
+
+
+class Reject(Exception):  # read as a verb in handlers: raise Reject("no images")
+    """Park the exam now: retrying cannot help."""
+
+
+class Worker:
+    def __init__(
+        self,
+        broker: Broker,
+        centre: Centre,
+        handler: Handler,
+        *,
+        concurrency: int = 4,
+        prefetch: int | None = None,
+        retry_delays: Sequence[int] = RETRY_DELAYS,
+    ) -> None:
+        self.broker = broker
+        self.centre = centre
+        self.handler = handler
+        self.concurrency = concurrency
+        self.prefetch = prefetch if prefetch is not None else 2 * concurrency
+        self.retry_delays = tuple(retry_delays)
+        self._buffer: queue.PriorityQueue[tuple[int, int, Delivery]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._subscriptions: list[Subscription] = []
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"hub-worker-{self.centre}-{n}", daemon=True)
+            for n in range(self.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+        for lane, name in enumerate((stat_queue(self.centre), exam_queue(self.centre))):
+            self._subscriptions.append(self.broker.consume(name, self._intake(lane), prefetch=self.prefetch))
+
+    def _intake(self, lane: int) -> Callable[[Delivery], None]:
+        """Buffer a lane's deliveries; lane 0 (STAT) always comes out first."""
+
+        def put(delivery: Delivery) -> None:
+            self._buffer.put((lane, next(self._order), delivery))
+
+        return put
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the exams in hand, settle them, then stop; exams not started go back to the queue."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        for subscription in self._subscriptions:
+            subscription.cancel()
+        self._subscriptions.clear()
+
+    def run(self) -> None:
+        """Work until SIGTERM or SIGINT, then stop gracefully."""
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            log.info("worker for %s started: %d threads, prefetch %d", self.centre, self.concurrency, self.prefetch)
+            stop.wait()
+            log.info("worker for %s stopping: finishing exams in hand", self.centre)
+            self.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                _lane, _order, delivery = self._buffer.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if delivery.live:  # else its channel is gone and RabbitMQ redelivers it
+                self._settle(delivery)
+
+    # -- the ack policy
+
+    def _settle(self, delivery: Delivery) -> None:
+        try:
+            exam = Exam.decode(delivery.body)
+        except EnvelopeError as exc:
+            self._park_or_requeue(delivery, "undecodable envelope", exc)
+            return
+        try:
+            report = self.handler(exam)
+        except Reject as exc:
+            self._park_or_requeue(delivery, "rejected by handler", exc)
+        except Retry as exc:
+            self._retry_or_park(delivery, exc, exc.delay)
+        except Exception as exc:
+            log.warning("handler failed on exam %s: %s", exam.exam_id, type(exc).__name__)
+            self._retry_or_park(delivery, exc, None)
+        else:
+            try:
+                if report is not None:
+                    self.broker.publish(report_message(report)).result(CONFIRM_TIMEOUT)
+            except Unroutable as exc:  # no report queue for this member: a configuration fault
+                self._park_or_requeue(delivery, "report unroutable", exc)
+                return
+            except BrokerError as exc:
+                log.warning("report for exam %s not confirmed (%s); the exam goes back", exam.exam_id, exc)
+                delivery.reject(requeue=True)
+                return
+            delivery.ack()
+
+    def _retry_or_park(self, delivery: Delivery, error: BaseException, delay: float | None) -> None:
+        attempt = int(delivery.headers.get(ATTEMPT, 0) or 0)
+        if attempt >= len(self.retry_delays):
+            self._park_or_requeue(delivery, f"failed after {attempt + 1} attempts", error)
+            return
+        wanted = self.retry_delays[attempt] if delay is None else delay
+        queue_delay = next((d for d in self.retry_delays if d >= wanted), self.retry_delays[-1])
+        headers = {**delivery.headers, ATTEMPT: attempt + 1, "x-hub-last-error": _describe(error)}
+        self._forward(delivery, Message(retry_exchange(queue_delay), delivery.routing_key, delivery.body,
+                                        message_id=delivery.message_id, headers=_clean(headers)))  # fmt: skip
+
+    def _park_or_requeue(self, delivery: Delivery, reason: str, error: BaseException) -> None:
+        headers = {
+            **delivery.headers,
+            "x-hub-park-reason": reason,
+            "x-hub-error": _describe(error),
+            "x-hub-attempts": int(delivery.headers.get(ATTEMPT, 0) or 0) + 1,
+            "x-hub-parked-at": datetime.now(UTC).isoformat(),
+            "x-hub-routing-key": delivery.routing_key,
+        }
+        log.warning("parking exam %s: %s", delivery.message_id, reason)
+        self._forward(delivery, Message(PARKED, self.centre, delivery.body, message_id=delivery.message_id,
+                                        headers=_clean(headers)))  # fmt: skip
+
+    def _forward(self, delivery: Delivery, message: Message) -> None:
+        """Publish ``message`` in place of ``delivery``; ack only once it is confirmed."""
+        try:
+            self.broker.publish(message).result(CONFIRM_TIMEOUT)
+        except BrokerError as exc:
+            log.warning("could not move exam %s (%s); it goes back to its queue", delivery.message_id, exc)
+            time.sleep(0.5)
+            delivery.reject(requeue=True)
+            return
+        delivery.ack()
+
+
+def _describe(error: BaseException) -> str:
+    # Exception text, never the exam: the log and the headers must not carry patient data.
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def _clean(headers: dict[str, Any]) -> dict[str, Any]:
+    # The broker's own bookkeeping starts afresh on the new message.
+    return {k: v for k, v in headers.items() if k not in ("x-delivery-count", "x-death")}

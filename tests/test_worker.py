@@ -1,0 +1,241 @@
+"""The worker runtime on both brokers: reports, retries, parking, STAT first, crashes."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from handlers import read_ecg
+
+from hub.broker import Broker, Delivery, Message
+from hub.envelope import Coding, Exam, Patient, Report, Source
+from hub.ids import derive_exam_id
+from hub.publish import submit
+from hub.topology import EXAMS, Topology, exam_queue, parked_queue, report_queue, stat_queue
+from hub.worker import Reject, Retry, Worker
+
+ORIGIN = "12330112473455672X"  # 昌化镇卫生院
+TOPOLOGY = Topology(institutions=[ORIGIN], retry_delays=(1, 2))
+WAIT = 20.0
+
+
+def make_exam(n: int, priority: str = "routine", centre: str = "ecg") -> Exam:
+    return Exam(
+        exam_id=derive_exam_id(ORIGIN, placer_order=f"ECG-{n:05d}"),
+        origin=ORIGIN,
+        centre=centre,  # type: ignore[arg-type]
+        priority=priority,  # type: ignore[arg-type]
+        patient=Patient(name="张伟", national_id="33011219620821031X", sex="male"),
+        service=Coding(code="ECG01", display="常规十二导联心电图"),
+        placer_order=f"ECG-{n:05d}",
+        source=Source(format="hl7v2", received_at=datetime.now(UTC)),
+    )
+
+
+@pytest.fixture
+def hub_broker(broker: Broker) -> Broker:
+    broker.declare(TOPOLOGY)
+    return broker
+
+
+@pytest.fixture
+def run_worker(hub_broker: Broker) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(handler: Callable[[Exam], Report | None], **options: object) -> Worker:
+        worker = Worker(hub_broker, "ecg", handler, retry_delays=TOPOLOGY.retry_delays, **options)  # type: ignore[arg-type]
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(10)
+
+
+def drain(broker: Broker, queue_name: str) -> queue.Queue[Delivery]:
+    got: queue.Queue[Delivery] = queue.Queue()
+    broker.consume(queue_name, got.put, prefetch=50)
+    return got
+
+
+def empty_soon(broker: Broker, queue_name: str) -> bool:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if broker.message_count(queue_name) == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_report_goes_back_to_the_member_and_the_exam_is_acked(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    exam = make_exam(1, "stat")
+    submit(hub_broker, exam)
+    run_worker(read_ecg)
+    reports = drain(hub_broker, report_queue(ORIGIN))
+    report = Report.decode(reports.get(timeout=WAIT).body)
+    assert (report.exam_id, report.conclusion) == (exam.exam_id, "窦性心律，正常心电图")
+    assert empty_soon(hub_broker, stat_queue("ecg"))
+
+
+def test_none_means_accepted_for_human_reading(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    seen: queue.Queue[str] = queue.Queue()
+    run_worker(lambda exam: seen.put(exam.exam_id))
+    submit(hub_broker, make_exam(2))
+    assert seen.get(timeout=WAIT) == make_exam(2).exam_id
+    assert empty_soon(hub_broker, exam_queue("ecg"))
+    time.sleep(0.3)
+    assert hub_broker.message_count(report_queue(ORIGIN)) == 0
+
+
+def test_reject_parks_with_reason_error_attempts_and_original_headers(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    def handler(exam: Exam) -> Report:
+        raise Reject("no waveform in the upload")
+
+    run_worker(handler)
+    submit(hub_broker, make_exam(3), trace_id="trace-3")
+    parked = drain(hub_broker, parked_queue("ecg")).get(timeout=WAIT)
+    assert parked.message_id == make_exam(3).exam_id
+    assert parked.headers["x-hub-park-reason"] == "rejected by handler"
+    assert "no waveform in the upload" in parked.headers["x-hub-error"]
+    assert parked.headers["x-hub-attempts"] == 1
+    assert parked.headers["trace-id"] == "trace-3"
+    assert parked.headers["x-hub-routing-key"] == f"ecg.routine.{ORIGIN}"
+    assert Exam.decode(parked.body).placer_order == "ECG-00003"  # the exam itself, intact
+
+
+def test_retry_comes_back_after_the_delay(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    calls: list[float] = []
+
+    def handler(exam: Exam) -> Report:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise Retry(1, "PACS not ready")
+        return read_ecg(exam)
+
+    run_worker(handler)
+    submit(hub_broker, make_exam(4, "stat"))
+    report = drain(hub_broker, report_queue(ORIGIN)).get(timeout=WAIT)
+    assert report.message_id
+    assert len(calls) == 2
+    assert calls[1] - calls[0] >= 0.9
+
+
+def test_an_exam_that_keeps_failing_is_retried_then_parked(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+
+    def handler(exam: Exam) -> Report:
+        calls.append(exam.exam_id)
+        raise ValueError("reading service down")
+
+    run_worker(handler)
+    submit(hub_broker, make_exam(5))
+    parked = drain(hub_broker, parked_queue("ecg")).get(timeout=WAIT)
+    assert len(calls) == 3  # the first try and one per retry delay (1 s, 2 s)
+    assert parked.headers["x-hub-park-reason"] == "failed after 3 attempts"
+    assert parked.headers["x-hub-attempts"] == 3
+    assert "ValueError: reading service down" in parked.headers["x-hub-error"]
+
+
+def test_an_undecodable_message_is_parked_not_lost(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    run_worker(read_ecg)
+    hub_broker.publish(Message(EXAMS, f"ecg.routine.{ORIGIN}", b"\xff not json", message_id="garbage")).result(WAIT)
+    parked = drain(hub_broker, parked_queue("ecg")).get(timeout=WAIT)
+    assert parked.message_id == "garbage"
+    assert parked.headers["x-hub-park-reason"] == "undecodable envelope"
+
+
+def test_stat_exams_jump_the_routine_backlog(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    order: list[str] = []
+    gate = threading.Event()
+
+    def handler(exam: Exam) -> None:
+        gate.wait(WAIT)
+        order.append(exam.priority)
+        time.sleep(0.01)
+
+    for n in range(100):
+        submit(hub_broker, make_exam(100 + n))
+    run_worker(handler, concurrency=1, prefetch=20)
+    time.sleep(0.5)  # the worker now holds a full buffer of routine exams
+    submit(hub_broker, make_exam(999, "stat"))
+    time.sleep(0.5)
+    gate.set()
+    deadline = time.monotonic() + WAIT
+    while "stat" not in order and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "stat" in order
+    assert order.index("stat") <= 1  # at most the exam already in hand goes before it
+
+
+def test_a_crash_between_report_and_ack_duplicates_the_report_never_loses_it(
+    hub_broker: Broker, broker_url: str
+) -> None:
+    from hub.broker import connect
+
+    submit(hub_broker, make_exam(7, "stat"))
+    worker_broker = connect(broker_url) if broker_url.startswith("amqp") else hub_broker
+    reported = threading.Event()
+
+    def crash_after_report(exam: Exam) -> Report:
+        reported.set()
+        return read_ecg(exam)
+
+    crashed = Worker(worker_broker, "ecg", crash_after_report, concurrency=1)
+    crashed._settle = _report_then_die(crashed)  # type: ignore[method-assign]
+    crashed.start()
+    assert reported.wait(WAIT)
+    time.sleep(0.5)
+    crashed.stop(5)  # the process dies: its subscription goes, the exam was never acked
+    if worker_broker is not hub_broker:
+        worker_broker.close()
+
+    survivor = Worker(hub_broker, "ecg", read_ecg, concurrency=1, retry_delays=TOPOLOGY.retry_delays)
+    survivor.start()
+    try:
+        reports = drain(hub_broker, report_queue(ORIGIN))
+        first, second = reports.get(timeout=WAIT), reports.get(timeout=WAIT)
+        assert first.message_id == second.message_id  # the same report_id: a duplicate, never a loss
+        assert empty_soon(hub_broker, stat_queue("ecg"))
+    finally:
+        survivor.stop(5)
+
+
+def _report_then_die(worker: Worker) -> Callable[[Delivery], None]:
+    """The worker's settle step cut off after the report is confirmed and before the ack."""
+    from hub.publish import CONFIRM_TIMEOUT, report_message
+
+    def settle(delivery: Delivery) -> None:
+        report = worker.handler(Exam.decode(delivery.body))
+        assert report is not None
+        worker.broker.publish(report_message(report)).result(CONFIRM_TIMEOUT)
+        # no ack: the process is gone
+
+    return settle
+
+
+def test_stop_finishes_the_exam_in_hand_and_returns_the_rest(hub_broker: Broker) -> None:
+    started = threading.Event()
+
+    def slow(exam: Exam) -> Report:
+        started.set()
+        time.sleep(1.5)
+        return read_ecg(exam)
+
+    for n in range(5):
+        submit(hub_broker, make_exam(300 + n))
+    worker = Worker(hub_broker, "ecg", slow, concurrency=1, prefetch=5)
+    worker.start()
+    assert started.wait(WAIT)
+    worker.stop(WAIT)
+    reports = drain(hub_broker, report_queue(ORIGIN))
+    assert Report.decode(reports.get(timeout=WAIT).body).exam_id.startswith("ex-")
+    deadline = time.monotonic() + WAIT
+    while hub_broker.message_count(exam_queue("ecg")) != 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub_broker.message_count(exam_queue("ecg")) == 4  # not started: back in the queue
+    assert reports.qsize() == 0

@@ -1,0 +1,121 @@
+"""Worker behaviour that only a real RabbitMQ can show: heartbeats, signals, dropped connections."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from brokers import rabbitmq_vhost
+from handlers import read_ecg
+from test_rabbitmq_resilience import close_connections
+from test_worker import ORIGIN, TOPOLOGY, make_exam
+
+from hub.broker import Delivery, connect
+from hub.envelope import Exam, Report
+from hub.publish import submit
+from hub.topology import report_queue, stat_queue
+from hub.worker import Worker
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def vhost_url() -> Iterator[str]:
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+def reports_of(url: str) -> queue.Queue[Delivery]:
+    got: queue.Queue[Delivery] = queue.Queue()
+    broker = connect(url)
+    broker.consume(report_queue(ORIGIN), got.put, prefetch=10)
+    return got
+
+
+def test_a_handler_five_times_longer_than_the_heartbeat_runs_once(vhost_url: str) -> None:
+    calls: list[str] = []
+
+    def slow(exam: Exam) -> Report:
+        calls.append(exam.exam_id)
+        time.sleep(5)  # the heartbeat below is 1 s
+        return read_ecg(exam)
+
+    with connect(vhost_url + "?heartbeat=1") as broker:
+        broker.declare(TOPOLOGY)
+        submit(broker, make_exam(1, "stat"))
+        worker = Worker(broker, "ecg", slow, concurrency=1, retry_delays=TOPOLOGY.retry_delays)
+        worker.start()
+        try:
+            report = reports_of(vhost_url).get(timeout=WAIT)
+            time.sleep(3)  # would a lost connection bring the exam back?
+            assert calls == [make_exam(1).exam_id]
+            assert report.message_id
+            assert broker.message_count(stat_queue("ecg")) == 0
+        finally:
+            worker.stop(10)
+
+
+def test_sigterm_finishes_the_exam_in_hand_then_exits(vhost_url: str, tmp_path: Path) -> None:
+    with connect(vhost_url) as broker:
+        broker.declare(TOPOLOGY)
+        submit(broker, make_exam(2, "stat"))
+    marker = tmp_path / "started"
+    tests = Path(__file__).resolve().parent
+    env = os.environ | {
+        "PYTHONPATH": str(tests),
+        "HUB_TEST_MARKER": str(marker),
+        "HUB_TEST_HANDLER_SECONDS": "3",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hub", "worker", "ecg", "--handler", "handlers:slow_read", "--broker", vhost_url,
+         "--institution", ORIGIN, "--concurrency", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the handler never started"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "stopping" in output
+    assert reports_of(vhost_url).get(timeout=WAIT).message_id  # the exam in hand was finished
+    with connect(vhost_url) as broker:
+        assert broker.message_count(stat_queue("ecg")) == 0  # and acked
+    assert "张伟" not in output and "33011219620821031X" not in output  # no patient data in the log
+
+
+def test_the_worker_carries_on_after_the_connection_is_closed(vhost_url: str) -> None:
+    with connect(vhost_url) as broker:
+        broker.declare(TOPOLOGY)
+        worker = Worker(broker, "ecg", read_ecg, concurrency=2, retry_delays=TOPOLOGY.retry_delays)
+        worker.start()
+        reports = reports_of(vhost_url)
+        try:
+            submit(broker, make_exam(3))
+            assert reports.get(timeout=WAIT).message_id
+            close_connections(vhost_url)
+            deadline = time.monotonic() + WAIT
+            while True:  # a gateway answers AR meanwhile, and its sender tries again
+                try:
+                    submit(broker, make_exam(4))
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            seen = {Report.decode(reports.get(timeout=WAIT).body).exam_id}
+            while make_exam(4).exam_id not in seen:
+                seen.add(Report.decode(reports.get(timeout=WAIT).body).exam_id)
+        finally:
+            worker.stop(10)
