@@ -15,7 +15,9 @@ backoff and resumes the subscriptions.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -55,8 +57,13 @@ class RabbitMQBroker(Broker):
         self._admin: Channel | None = None
         self._pending: dict[int, _Pending] = {}
         self._next_tag = 1
-        self._waiting: set[Future[Any]] = set()  # handed to the I/O thread, not yet on the wire
+        # Work handed to the I/O thread, drained in batches: one wake-up per batch, not per message,
+        # is what lets publishing keep up with a raw pika publisher.
+        self._inbox: deque[tuple[Callable[[], None], Future[Any] | None]] = deque()
+        self._inbox_lock = threading.Lock()
+        self._inbox_scheduled = False
         self._backlog: list[tuple[Message, Future[None]]] = []  # waiting for the publishing channel to reopen
+        self._admin_call: Future[Any] | None = None  # the declaration in progress on the admin channel
         self._subscriptions: list[_Subscription] = []
         self._attempt = 0
         self._closing = False
@@ -121,30 +128,39 @@ class RabbitMQBroker(Broker):
 
     def _fail_all(self, error: BrokerError) -> None:
         pending, self._pending = self._pending, {}
-        for entry in pending.values():
-            _settle(entry.future, error)
-        waiting, self._waiting = self._waiting, set()
         backlog, self._backlog = self._backlog, []
-        for future in [*waiting, *(future for _message, future in backlog)]:
+        for future in [entry.future for entry in pending.values()] + [future for _message, future in backlog]:
             _settle(future, error)
 
-    def _call(self, fn: Callable[[], None], future: Future[Any]) -> None:
-        """Run ``fn`` on the I/O thread; ``future`` fails if the connection drops first."""
+    def _call(self, fn: Callable[[], None], future: Future[Any] | None = None) -> None:
+        """Run ``fn`` on the I/O thread; a failure, or a closed broker, fails ``future``."""
         if self._closing:
-            _settle(future, BrokerUnavailable("the broker is closed"))
+            if future is not None:
+                _settle(future, BrokerUnavailable("the broker is closed"))
             return
-
-        def run() -> None:
-            self._waiting.discard(future)
-            if future.done():
+        with self._inbox_lock:
+            self._inbox.append((fn, future))
+            if self._inbox_scheduled:
                 return
-            try:
-                fn()
-            except Exception as exc:  # pika raises on a closed channel or connection
-                _settle(future, BrokerUnavailable(f"RabbitMQ refused the call: {exc}"))
+            self._inbox_scheduled = True
+        self._ioloop.add_callback_threadsafe(self._drain_inbox)
 
-        self._waiting.add(future)
-        self._ioloop.add_callback_threadsafe(run)
+    def _drain_inbox(self) -> None:
+        while True:
+            with self._inbox_lock:
+                if not self._inbox:
+                    self._inbox_scheduled = False
+                    return
+                batch = list(self._inbox)
+                self._inbox.clear()
+            for fn, future in batch:
+                if future is not None and future.done():
+                    continue
+                try:
+                    fn()
+                except Exception as exc:  # pika raises on a closed channel or connection
+                    if future is not None:
+                        _settle(future, exc if isinstance(exc, BrokerError) else BrokerUnavailable(str(exc)))
 
     # -- publishing
 
@@ -165,7 +181,7 @@ class RabbitMQBroker(Broker):
             content_type=message.content_type,
             delivery_mode=2,
             message_id=message.message_id,
-            headers=dict(message.headers),
+            headers=message.headers if isinstance(message.headers, dict) else dict(message.headers),
             user_id=message.user_id,
         )
         channel.basic_publish(message.exchange, message.routing_key, message.body, properties, mandatory=True)
@@ -174,7 +190,10 @@ class RabbitMQBroker(Broker):
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        if method.multiple:  # tags rise with each publish and the dict keeps that order
+            tags = list(itertools.takewhile(lambda t: t <= method.delivery_tag, self._pending))
+        else:
+            tags = [method.delivery_tag]
         for tag in tags:
             entry = self._pending.pop(tag, None)
             if entry is None:
@@ -223,6 +242,7 @@ class RabbitMQBroker(Broker):
             channel = self._admin
             if channel is None or not channel.is_open:
                 raise BrokerUnavailable("no open channel to RabbitMQ")
+            self._admin_call = future
             operation(channel, lambda frame: _settle(future, frame))
 
         self._call(run, future)
@@ -230,16 +250,12 @@ class RabbitMQBroker(Broker):
 
     def _on_admin_closed(self, _channel: Channel, reason: Any) -> None:
         self._admin = None
-        self._fail_all_waiting(BrokerError(f"RabbitMQ refused a declaration: {reason}"))
+        call, self._admin_call = self._admin_call, None
+        if call is not None:
+            _settle(call, BrokerError(f"RabbitMQ refused a declaration: {reason}"))
         connection = self._connection
         if not self._closing and connection is not None and connection.is_open:
             connection.channel(on_open_callback=self._on_admin_open)
-
-    def _fail_all_waiting(self, error: BrokerError) -> None:
-        # Only admin calls wait on the admin channel; publishes are tracked in _pending.
-        for future in list(self._waiting):
-            if not future.done():
-                _settle(future, error)
 
     def declare(self, topology: Topology) -> None:
         for exchange in topology.exchanges():
@@ -272,8 +288,7 @@ class RabbitMQBroker(Broker):
 
     def in_io_thread(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread, fire and forget (settling deliveries)."""
-        if not self._closing:
-            self._ioloop.add_callback_threadsafe(fn)
+        self._call(fn)
 
     def close(self) -> None:
         if self._closing:

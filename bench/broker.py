@@ -1,0 +1,264 @@
+"""Broker figures against raw pika baselines measured in the same run, in a scratch vhost.
+
+    python bench/broker.py [--messages N] [--backlog N]
+
+Figures (issue 3):
+- submit with confirms: >= 0.8x a raw pika publisher with 1,000 confirms in flight.
+- Worker consume-and-ack, no-op handler: >= 0.8x raw pika consume at the same prefetch.
+- STAT isolation: with 50,000 routine exams queued, a STAT exam reaches its handler in under 2x its
+  latency on an empty queue (p99 over 200 STAT exams).
+Needs RabbitMQ at HUB_BENCH_AMQP_URL (default localhost, guest) and rabbitmqctl for the scratch vhost.
+"""
+
+# ruff: noqa: E402  (the sys.path fix below must run before the imports)
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+from statistics import median
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
+
+import pika
+from _timing import verdict
+
+from hub.broker import Broker, Message, connect
+from hub.envelope import Coding, Exam, Patient, Source
+from hub.ids import derive_exam_id
+from hub.publish import exam_message, submit_async
+from hub.topology import Topology, exam_queue, stat_queue
+from hub.worker import Worker
+
+AMQP = os.environ.get("HUB_BENCH_AMQP_URL", "amqp://guest:guest@localhost:5672")
+ORIGIN = "12330112472334561L"
+WINDOW = 1000
+
+
+def make_exam(n: int, priority: str = "routine") -> Exam:
+    return Exam(
+        exam_id=derive_exam_id(ORIGIN, placer_order=f"B{n}"),
+        origin=ORIGIN,
+        centre="lab",
+        priority=priority,  # type: ignore[arg-type]
+        patient=Patient(name="王秀英", national_id="11010519491231002X", sex="female"),
+        service=Coding(code="58410-2", system="http://loinc.org", display="血常规"),
+        placer_order=f"B{n}",
+        source=Source(format="hl7v2", message_id=f"M{n}", charset="gb18030", received_at=datetime.now(UTC)),
+    )
+
+
+def scratch_vhost() -> tuple[str, str]:
+    vhost = f"hub-bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                   capture_output=True)  # fmt: skip
+    return vhost, f"{AMQP}/{vhost}"
+
+
+def drop_vhost(vhost: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=True, capture_output=True)
+
+
+def purge(url: str, *queues: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    for name in queues:
+        channel.queue_purge(name)
+    connection.close()
+
+
+# -- publishing
+
+
+def raw_pika_publish(url: str, messages: list[Message]) -> float:
+    """A raw pika SelectConnection publisher keeping WINDOW confirms in flight; messages per second.
+
+    It sends exactly what submit puts on the wire (body, message_id, headers, persistence), with the
+    bodies already encoded and the properties built per message, as any publisher must.
+    """
+    count = len(messages)
+    state = {"sent": 0, "acked": 0, "start": 0.0, "end": 0.0}
+
+    def on_open(connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=on_channel)
+
+    def on_channel(channel: pika.channel.Channel) -> None:
+        channel.confirm_delivery(lambda frame: on_ack(channel, frame))
+        state["start"] = time.perf_counter()
+        fill(channel)
+
+    def fill(channel: pika.channel.Channel) -> None:
+        while state["sent"] < count and state["sent"] - state["acked"] < WINDOW:
+            m = messages[state["sent"]]
+            state["sent"] += 1
+            props = pika.BasicProperties(
+                content_type=m.content_type, delivery_mode=2, message_id=m.message_id, headers=dict(m.headers)
+            )
+            channel.basic_publish(m.exchange, m.routing_key, m.body, props, mandatory=True)
+
+    def on_ack(channel: pika.channel.Channel, frame: object) -> None:
+        method = frame.method  # type: ignore[attr-defined]
+        state["acked"] = method.delivery_tag if method.multiple else state["acked"] + 1
+        if state["acked"] >= count:
+            state["end"] = time.perf_counter()
+            channel.connection.close()
+        else:
+            fill(channel)
+
+    connection = pika.SelectConnection(pika.URLParameters(url), on_open_callback=on_open,
+                                       on_close_callback=lambda *_: connection.ioloop.stop())  # fmt: skip
+    connection.ioloop.start()
+    return count / (state["end"] - state["start"])
+
+
+def hub_submit(broker: Broker, exams: list[Exam]) -> float:
+    """submit_async (what submit waits on) keeping WINDOW confirms in flight; messages per second."""
+    in_flight: deque[Future[None]] = deque()
+    start = time.perf_counter()
+    for exam in exams:
+        if len(in_flight) >= WINDOW:
+            in_flight.popleft().result()
+        in_flight.append(submit_async(broker, exam))
+    for future in in_flight:
+        future.result()
+    return len(exams) / (time.perf_counter() - start)
+
+
+# -- consuming
+
+
+def raw_pika_consume(url: str, queue: str, count: int, prefetch: int) -> float:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=prefetch)
+    start = time.perf_counter()
+    for seen, (method, _props, _body) in enumerate(channel.consume(queue), start=1):
+        channel.basic_ack(method.delivery_tag)
+        if seen == count:
+            break
+    rate = count / (time.perf_counter() - start)
+    channel.cancel()
+    connection.close()
+    return rate
+
+
+def hub_worker_consume(broker: Broker, count: int, prefetch: int) -> float:
+    handled = [0]
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def noop(_exam: Exam) -> None:
+        with lock:
+            handled[0] += 1
+            if handled[0] == count:
+                done.set()
+
+    worker = Worker(broker, "lab", noop, concurrency=1, prefetch=prefetch)
+    start = time.perf_counter()
+    worker.start()
+    done.wait()
+    rate = count / (time.perf_counter() - start)
+    worker.stop(10)
+    return rate
+
+
+def fill_queue(broker: Broker, count: int, priority: str = "routine", offset: int = 0) -> None:
+    futures = []
+    for n in range(count):
+        futures.append(broker.publish(exam_message(make_exam(offset + n, priority))))
+        if len(futures) >= WINDOW:
+            futures.pop(0).result()
+    for future in futures:
+        future.result()
+
+
+# -- STAT isolation
+
+
+def stat_latencies(broker: Broker, stats: int, offset: int) -> list[float]:
+    """Seconds from submit to handler for ``stats`` STAT exams sent one by one while the worker runs."""
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    arrived = threading.Semaphore(0)
+
+    def handler(exam: Exam) -> None:
+        if exam.priority == "stat":
+            latencies.append(time.perf_counter() - sent[exam.exam_id])
+            arrived.release()
+        else:
+            time.sleep(0.001)  # a routine read that takes a moment, so the backlog stays
+
+    worker = Worker(broker, "lab", handler, concurrency=2, prefetch=50)
+    worker.start()
+    time.sleep(0.5)
+    for n in range(stats):
+        exam = make_exam(offset + n, "stat")
+        sent[exam.exam_id] = time.perf_counter()
+        submit_async(broker, exam).result()
+        arrived.acquire(timeout=30)
+        time.sleep(0.005)
+    worker.stop(10)
+    return latencies
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000, help="messages per throughput figure")
+    parser.add_argument("--backlog", type=int, default=50_000, help="routine exams queued for STAT isolation")
+    parser.add_argument("--stats", type=int, default=200, help="STAT exams timed")
+    parser.add_argument("--prefetch", type=int, default=100)
+    args = parser.parse_args()
+    vhost, url = scratch_vhost()
+    try:
+        with connect(url) as broker:
+            broker.declare(Topology(institutions=[ORIGIN]))
+            exams = [make_exam(n) for n in range(args.messages)]
+            sample = exam_message(exams[0])
+            print(f"bench/broker.py: RabbitMQ, scratch vhost, {args.messages} exams of {len(sample.body)} bytes with "
+                  f"{len(sample.headers)} headers, persistent, confirm window {WINDOW}")  # fmt: skip
+
+            raw = raw_pika_publish(url, [exam_message(exam) for exam in exams])
+            purge(url, exam_queue("lab"))
+            ours = hub_submit(broker, exams)
+            print(f"  submit with confirms          {ours:>9,.0f}/s   raw pika, {WINDOW} in flight {raw:>9,.0f}/s   "
+                  f"{ours / raw:>5.2f}x   >=0.8x   {verdict(ours >= 0.8 * raw)}")  # fmt: skip
+
+            raw_c = raw_pika_consume(url, exam_queue("lab"), args.messages, args.prefetch)
+            fill_queue(broker, args.messages)
+            ours_c = hub_worker_consume(broker, args.messages, args.prefetch)
+            ok = verdict(ours_c >= 0.8 * raw_c)
+            print(f"  worker consume+ack, no-op     {ours_c:>9,.0f}/s   raw pika consume+ack    {raw_c:>9,.0f}/s   "
+                  f"{ours_c / raw_c:>5.2f}x   >=0.8x   {ok}  (prefetch {args.prefetch})")  # fmt: skip
+
+            purge(url, exam_queue("lab"), stat_queue("lab"))
+            empty = stat_latencies(broker, args.stats, 10_000_000)
+            fill_queue(broker, args.backlog, offset=20_000_000)
+            backlog_before = broker.message_count(exam_queue("lab"))
+            loaded = stat_latencies(broker, args.stats, 30_000_000)
+            backlog_after = broker.message_count(exam_queue("lab"))
+            ratio = p99(loaded) / p99(empty)
+            p50s = f"p50 {median(loaded) * 1000:.2f} vs {median(empty) * 1000:.2f} ms"
+            print(f"  STAT p99, {backlog_before:,} routine queued {p99(loaded) * 1000:>7.2f} ms   empty queue "
+                  f"{p99(empty) * 1000:>7.2f} ms   {ratio:>5.2f}x   <2x     {verdict(ratio < 2)}  "
+                  f"({backlog_after:,} routine still queued at the end; {p50s})")  # fmt: skip
+    finally:
+        drop_vhost(vhost)
+
+
+if __name__ == "__main__":
+    main()
