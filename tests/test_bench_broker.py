@@ -1,0 +1,24 @@
+"""bench/broker.py keeps running as the broker code changes. Not a timing test: tiny sizes, no verdicts read."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from brokers import require_rabbitmq
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_broker_bench_runs_and_prints_its_three_figures(tmp_path: Path) -> None:
+    require_rabbitmq()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "broker.py"), "--messages", "300", "--backlog", "300", "--stats", "5"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for figure in ("submit with confirms", "worker consume+ack", "STAT p99"):
+        assert figure in result.stdout
