@@ -118,6 +118,14 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts)
 
 
+def _add_broker_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        default=os.environ.get("HUB_BROKER_URL", DEFAULT_BROKER),
+        help="broker URL (default: $HUB_BROKER_URL, else RabbitMQ on localhost)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hub", description="Consortium shared-services hub: exams to the lead hospital's centres, reports back."
@@ -140,11 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     topology.add_argument(
         "--institution", action="append", default=[], metavar="CODE", help="a member's code (repeat for each)"
     )
-    topology.add_argument(
-        "--broker",
-        default=os.environ.get("HUB_BROKER_URL", DEFAULT_BROKER),
-        help="default: $HUB_BROKER_URL or localhost",
-    )
+    _add_broker_option(topology)
     topology.set_defaults(run=_cmd_topology)
 
     worker = commands.add_parser("worker", help="run a centre's diagnosis worker until SIGTERM")
@@ -153,11 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=4, help="exams handled at once (default 4)")
     worker.add_argument("--prefetch", type=int, help="unacked exams held per lane (default 2 x concurrency)")
     worker.add_argument("--institution", action="append", default=[], metavar="CODE", help="a member's code")
-    worker.add_argument(
-        "--broker",
-        default=os.environ.get("HUB_BROKER_URL", DEFAULT_BROKER),
-        help="broker URL (default: $HUB_BROKER_URL, else RabbitMQ on localhost)",
-    )
+    _add_broker_option(worker)
     worker.set_defaults(run=_cmd_worker)
 
     schemas = commands.add_parser("schemas", help="write or check the envelope JSON Schemas")
