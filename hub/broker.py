@@ -16,12 +16,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from hub.errors import BrokerUnavailable
 from hub.topology import Topology
 
-__all__ = ["Broker", "Delivery", "Message", "Subscription", "connect"]
+__all__ = ["CONFIRM_TIMEOUT", "Broker", "Delivery", "Message", "Subscription", "connect", "wait"]
+
+T = TypeVar("T")
+
+CONFIRM_TIMEOUT = 30.0  # seconds a caller waits for the broker before treating it as unavailable
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,14 @@ class Broker(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wait(future: Future[T], timeout: float = CONFIRM_TIMEOUT) -> T:
+    """The future's result; a broker that has not answered in ``timeout`` is BrokerUnavailable."""
+    try:
+        return future.result(timeout)
+    except FutureTimeout as exc:
+        raise BrokerUnavailable(f"the broker did not answer within {timeout:g} s") from exc
 
 
 def connect(url: str) -> Broker:

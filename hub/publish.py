@@ -11,13 +11,11 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import Future
 
-from hub.broker import Broker, Message
+from hub.broker import Broker, Message, wait
 from hub.envelope import SCHEMA_VERSION, Exam, Report
 from hub.topology import EXAMS, REPORTS, exam_routing_key, report_routing_key
 
 __all__ = ["exam_message", "report_message", "submit", "submit_async", "submit_report", "submit_report_async"]
-
-CONFIRM_TIMEOUT = 30.0
 
 
 def exam_message(exam: Exam, *, user_id: str | None = None, trace_id: str | None = None) -> Message:
@@ -64,7 +62,7 @@ def submit_async(
 
 def submit(broker: Broker, exam: Exam, *, user_id: str | None = None, trace_id: str | None = None) -> None:
     """Publish ``exam``; returns once the broker has confirmed it, else raises a BrokerError."""
-    submit_async(broker, exam, user_id=user_id, trace_id=trace_id).result(CONFIRM_TIMEOUT)
+    wait(submit_async(broker, exam, user_id=user_id, trace_id=trace_id))
 
 
 def submit_report_async(
@@ -75,4 +73,4 @@ def submit_report_async(
 
 def submit_report(broker: Broker, report: Report, *, user_id: str | None = None, trace_id: str | None = None) -> None:
     """Publish ``report``; returns once the broker has confirmed it, else raises a BrokerError."""
-    submit_report_async(broker, report, user_id=user_id, trace_id=trace_id).result(CONFIRM_TIMEOUT)
+    wait(submit_report_async(broker, report, user_id=user_id, trace_id=trace_id))

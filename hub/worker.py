@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.broker import Broker, Delivery, Message, Subscription
+from hub.broker import Broker, Delivery, Message, Subscription, wait
 from hub.envelope import Centre, Exam, Report
 from hub.errors import BrokerError, EnvelopeError, Unroutable
-from hub.publish import CONFIRM_TIMEOUT, report_message
+from hub.publish import report_message
 from hub.topology import PARKED, RETRY_DELAYS, exam_queue, retry_exchange, stat_queue
 
 __all__ = ["Handler", "Reject", "Retry", "Worker"]
@@ -150,7 +150,7 @@ class Worker:
         else:
             try:
                 if report is not None:
-                    self.broker.publish(report_message(report)).result(CONFIRM_TIMEOUT)
+                    wait(self.broker.publish(report_message(report)))
             except Unroutable as exc:  # no report queue for this member: a configuration fault
                 self._park_or_requeue(delivery, "report unroutable", exc)
                 return
@@ -161,7 +161,7 @@ class Worker:
             delivery.ack()
 
     def _retry_or_park(self, delivery: Delivery, error: BaseException, delay: float | None) -> None:
-        attempt = int(delivery.headers.get(ATTEMPT, 0) or 0)
+        attempt = _attempt(delivery)
         if attempt >= len(self.retry_delays):
             self._park_or_requeue(delivery, f"failed after {attempt + 1} attempts", error)
             return
@@ -176,7 +176,7 @@ class Worker:
             **delivery.headers,
             "x-hub-park-reason": reason,
             "x-hub-error": _describe(error),
-            "x-hub-attempts": int(delivery.headers.get(ATTEMPT, 0) or 0) + 1,
+            "x-hub-attempts": _attempt(delivery) + 1,
             "x-hub-parked-at": datetime.now(UTC).isoformat(),
             "x-hub-routing-key": delivery.routing_key,
         }
@@ -187,13 +187,18 @@ class Worker:
     def _forward(self, delivery: Delivery, message: Message) -> None:
         """Publish ``message`` in place of ``delivery``; ack only once it is confirmed."""
         try:
-            self.broker.publish(message).result(CONFIRM_TIMEOUT)
+            wait(self.broker.publish(message))
         except BrokerError as exc:
             log.warning("could not move exam %s (%s); it goes back to its queue", delivery.message_id, exc)
             time.sleep(0.5)
             delivery.reject(requeue=True)
             return
         delivery.ack()
+
+
+def _attempt(delivery: Delivery) -> int:
+    """Retries this exam has had so far."""
+    return int(delivery.headers.get(ATTEMPT, 0) or 0)
 
 
 def _describe(error: BaseException) -> str:

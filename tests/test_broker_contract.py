@@ -207,3 +207,24 @@ def test_publishing_from_many_threads(hub_broker: Broker) -> None:
         thread.join()
     assert errors == []
     eventually(lambda: hub_broker.message_count(exam_queue("imaging")) == 400)
+
+
+def test_waiting_on_a_silent_broker_is_broker_unavailable_not_a_bare_timeout() -> None:
+    from concurrent.futures import Future
+
+    from hub.broker import wait
+    from hub.errors import BrokerUnavailable
+
+    with pytest.raises(BrokerUnavailable, match="did not answer"):
+        wait(Future(), timeout=0.05)
+
+
+def test_closing_fails_what_was_never_sent(broker_url: str) -> None:
+    from hub.broker import connect
+    from hub.errors import BrokerUnavailable
+
+    broker = connect(broker_url)
+    broker.declare(TOPOLOGY)
+    broker.close()
+    with pytest.raises(BrokerUnavailable):
+        broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN))).result(WAIT)

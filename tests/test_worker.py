@@ -207,12 +207,13 @@ def test_a_crash_between_report_and_ack_duplicates_the_report_never_loses_it(
 
 def _report_then_die(worker: Worker) -> Callable[[Delivery], None]:
     """The worker's settle step cut off after the report is confirmed and before the ack."""
-    from hub.publish import CONFIRM_TIMEOUT, report_message
+    from hub.broker import wait
+    from hub.publish import report_message
 
     def settle(delivery: Delivery) -> None:
         report = worker.handler(Exam.decode(delivery.body))
         assert report is not None
-        worker.broker.publish(report_message(report)).result(CONFIRM_TIMEOUT)
+        wait(worker.broker.publish(report_message(report)))
         # no ack: the process is gone
 
     return settle

@@ -29,14 +29,13 @@ from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from hub.broker import Broker, Delivery, Message, Subscription
+from hub.broker import Broker, Delivery, Message, Subscription, wait
 from hub.errors import BrokerError, BrokerUnavailable, PublishRefused, Unroutable
 from hub.topology import Topology
 
 __all__ = ["RabbitMQBroker"]
 
 _BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
-_TIMEOUT = 30.0
 
 
 @dataclass
@@ -129,8 +128,11 @@ class RabbitMQBroker(Broker):
     def _fail_all(self, error: BrokerError) -> None:
         pending, self._pending = self._pending, {}
         backlog, self._backlog = self._backlog, []
-        for future in [entry.future for entry in pending.values()] + [future for _message, future in backlog]:
-            _settle(future, error)
+        admin_call, self._admin_call = self._admin_call, None
+        futures = [entry.future for entry in pending.values()] + [future for _message, future in backlog]
+        for future in [*futures, admin_call]:
+            if future is not None:
+                _settle(future, error)
 
     def _call(self, fn: Callable[[], None], future: Future[Any] | None = None) -> None:
         """Run ``fn`` on the I/O thread; a failure, or a closed broker, fails ``future``."""
@@ -246,7 +248,7 @@ class RabbitMQBroker(Broker):
             operation(channel, lambda frame: _settle(future, frame))
 
         self._call(run, future)
-        return future.result(_TIMEOUT)
+        return wait(future)
 
     def _on_admin_closed(self, _channel: Channel, reason: Any) -> None:
         self._admin = None
@@ -283,7 +285,11 @@ class RabbitMQBroker(Broker):
             subscription.open(connection, opened)
 
         self._call(run, opened)
-        opened.result(_TIMEOUT)
+        try:
+            wait(opened)
+        except BrokerError:
+            self._subscriptions.remove(subscription)
+            raise
         return subscription
 
     def in_io_thread(self, fn: Callable[[], None]) -> None:
@@ -303,8 +309,14 @@ class RabbitMQBroker(Broker):
                 self._ioloop.stop()
 
         self._ioloop.add_callback_threadsafe(shut)
-        self._thread.join(_TIMEOUT)
-        self._ready.clear()
+        self._thread.join(30)
+        # Work that never reached the I/O thread must not leave its callers waiting.
+        with self._inbox_lock:
+            stranded, self._inbox = list(self._inbox), deque()
+        self._fail_all(BrokerUnavailable("the broker is closed"))
+        for _fn, future in stranded:
+            if future is not None:
+                _settle(future, BrokerUnavailable("the broker is closed"))
 
 
 class _Subscription(Subscription):
