@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -63,12 +64,14 @@ def _write_back(exam: Exam, report: Report) -> tuple[str, int]:
     return "ORU^R01", len(hl7v2.write_report(report, charset=exam.source.charset or "utf-8"))
 
 
+@cache
+def _documented(folder: Path) -> dict[str, Any]:
+    expected = folder / "EXPECTED.toml"
+    return tomllib.loads(expected.read_text("utf-8")) if expected.is_file() else {}
+
+
 def _sender_settings(path: Path) -> dict[str, Any]:
-    expected = path.parent / "EXPECTED.toml"
-    if not expected.is_file():
-        return {}
-    entry = tomllib.loads(expected.read_text("utf-8")).get(path.name, {})
-    settings: dict[str, Any] = entry.get("read_kwargs", {})
+    settings: dict[str, Any] = _documented(path.parent).get(path.name, {}).get("read_kwargs", {})
     return settings
 
 
