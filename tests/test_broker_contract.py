@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -207,6 +208,24 @@ def test_publishing_from_many_threads(hub_broker: Broker) -> None:
         thread.join()
     assert errors == []
     eventually(lambda: hub_broker.message_count(exam_queue("imaging")) == 400)
+
+
+def test_publishing_on_the_brokers_loop_pipelines_confirms_and_reports_errors(hub_broker: Broker) -> None:
+    key = exam_routing_key("ecg", "routine", ORIGIN)
+
+    async def on_loop() -> list[BaseException | None]:
+        futures = [hub_broker.publish_on_loop(exam(key, n)) for n in range(500)]
+        outcomes: list[BaseException | None] = list(await asyncio.gather(*futures, return_exceptions=True))
+        with pytest.raises(Unroutable, match=r"dental\.stat"):
+            await hub_broker.publish_on_loop(exam(f"dental.stat.{ORIGIN}"))
+        with pytest.raises(PublishRefused):
+            await hub_broker.publish_on_loop(Message(EXAMS, key, b"{}", message_id="forged", user_id="someone-else"))
+        await hub_broker.publish_on_loop(exam(key, 999))
+        return outcomes
+
+    outcomes = asyncio.run_coroutine_threadsafe(on_loop(), hub_broker.loop).result(WAIT * 2)
+    assert outcomes == [None] * 500
+    eventually(lambda: hub_broker.message_count(exam_queue("ecg")) == 501)
 
 
 def test_waiting_on_a_silent_broker_is_broker_unavailable_not_a_bare_timeout() -> None:

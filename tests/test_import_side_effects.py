@@ -15,7 +15,7 @@ def hook(event, args):
 
 sys.addaudithook(hook)
 import hub, hub.cli, hub.demo, hub.envelope, hub.errors, hub.ids, hub.resources, hub.schemas
-import hub.broker, hub.topology, hub.publish, hub.worker, hub.brokers.memory, hub.brokers.rabbitmq
+import hub.broker, hub.loop, hub.topology, hub.publish, hub.worker, hub.brokers.memory, hub.brokers.rabbitmq
 import adapters
 from adapters import dicom, fhir, hl7v2
 print("clean")

@@ -12,6 +12,7 @@ PUBLIC_MODULES = [
     "hub.brokers.memory",
     "hub.brokers.rabbitmq",
     "hub.ids",
+    "hub.loop",
     "hub.publish",
     "hub.resources",
     "hub.schemas",

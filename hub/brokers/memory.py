@@ -11,17 +11,19 @@ Nothing survives the process: it is not a durable broker.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from hub.broker import Broker, Delivery, Message, Subscription
 from hub.errors import BrokerUnavailable, PublishRefused, Unroutable
+from hub.loop import LoopThread
 from hub.topology import Topology
 
 __all__ = ["MemoryBroker"]
@@ -65,8 +67,16 @@ class MemoryBroker(Broker):
         self._exchanges: dict[str, tuple[str, list[tuple[str, str]]]] = {}
         self._queues: dict[str, _Queue] = {}
         self._closed = False
+        self._io: LoopThread | None = None
         self._thread = threading.Thread(target=self._dispatch, name="hub-memory-broker", daemon=True)
         self._thread.start()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._io is None:  # only gateways need one, so it starts on first use
+                self._io = LoopThread("hub-memory-loop")
+            return self._io.loop
 
     def declare(self, topology: Topology) -> None:
         with self._lock:
@@ -101,6 +111,16 @@ class MemoryBroker(Broker):
                 queue.ready.append(_Envelope(message, now))
             self._lock.notify_all()
         future.set_result(None)
+        return future
+
+    def publish_on_loop(self, message: Message) -> asyncio.Future[None]:
+        confirmed = self.publish(message)  # settled at once: the in-process broker confirms synchronously
+        future: asyncio.Future[None] = self.loop.create_future()
+        error = confirmed.exception()
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
         return future
 
     def _route(self, exchange: str, routing_key: str) -> list[_Queue]:
@@ -139,7 +159,10 @@ class MemoryBroker(Broker):
                 for subscription in list(queue.consumers):
                     self._drop_subscription(subscription)
             self._lock.notify_all()
+            io, self._io = self._io, None
         self._thread.join(5)
+        if io is not None:
+            io.stop(5)
 
     # -- called with the lock held
 
@@ -170,7 +193,7 @@ class MemoryBroker(Broker):
         headers["x-death"] = [death, *headers.get("x-death", [])]
         headers.pop("x-delivery-count", None)
         routing_key = queue.arguments.get("x-dead-letter-routing-key", message.routing_key)
-        moved = replace(message, exchange=exchange, routing_key=routing_key, headers=headers)
+        moved = message._replace(exchange=exchange, routing_key=routing_key, headers=headers)
         now = time.monotonic()
         for target in self._route(exchange, routing_key):
             target.ready.append(_Envelope(moved, now))

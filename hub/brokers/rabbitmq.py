@@ -1,11 +1,12 @@
-"""RabbitMQ on pika: one connection, driven by its own I/O thread.
+"""RabbitMQ on pika: one connection, driven by an asyncio loop on its own I/O thread.
 
 The only module that imports pika. Everything that touches the connection
-runs on the I/O thread; other threads hand work to it with the IOLoop's
-``add_callback_threadsafe``, the one thread-safe call pika offers. Publishes are
-pipelined: each gets a future that the confirm resolves, so callers on many
-threads share one confirm window. Handlers never run on the I/O thread, which
-keeps heartbeats flowing however long a handler takes.
+runs on the loop (pika's ``AsyncioConnection``). Code already on the loop, such
+as the gateways, publishes directly with ``publish_on_loop``; other threads hand
+work to it in batches through ``call_soon_threadsafe``. Publishes are
+pipelined: each gets a future that the confirm resolves, so many callers share
+one confirm window. Handlers never run on the I/O thread, which keeps
+heartbeats flowing however long a handler takes.
 
 When the connection drops, every unconfirmed publish fails with
 BrokerUnavailable (its sender is not acknowledged and will retry), deliveries
@@ -15,6 +16,7 @@ backoff and resumes the subscriptions.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections import deque
@@ -25,12 +27,13 @@ from functools import partial
 from typing import Any
 
 import pika
-from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from hub.broker import Broker, Delivery, Message, Subscription, wait
 from hub.errors import BrokerError, BrokerUnavailable, PublishRefused, Unroutable
+from hub.loop import LoopThread
 from hub.topology import Topology
 
 __all__ = ["RabbitMQBroker"]
@@ -38,9 +41,12 @@ __all__ = ["RabbitMQBroker"]
 _BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-@dataclass
+AnyFuture = Future[Any] | asyncio.Future[Any]
+
+
+@dataclass(slots=True)
 class _Pending:
-    future: Future[None]
+    future: AnyFuture
     message: Message
     returned: str | None = None  # the broker's reason, when it returned the message as unroutable
 
@@ -50,45 +56,44 @@ class RabbitMQBroker(Broker):
         self.url = url
         self._params = pika.URLParameters(url)
         self._login = self._params.credentials.username
-        self._ioloop = IOLoop()
-        self._connection: SelectConnection | None = None
+        self._connection: AsyncioConnection | None = None
         self._publisher: Channel | None = None
         self._admin: Channel | None = None
         self._pending: dict[int, _Pending] = {}
         self._next_tag = 1
         # Work handed to the I/O thread, drained in batches: one wake-up per batch, not per message,
         # is what lets publishing keep up with a raw pika publisher.
-        self._inbox: deque[tuple[Callable[[], None], Future[Any] | None]] = deque()
+        self._inbox: deque[tuple[Callable[[], None], AnyFuture | None]] = deque()
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
-        self._backlog: list[tuple[Message, Future[None]]] = []  # waiting for the publishing channel to reopen
+        self._backlog: list[tuple[Message, AnyFuture]] = []  # waiting for the publishing channel to reopen
         self._admin_call: Future[Any] | None = None  # the declaration in progress on the admin channel
         self._subscriptions: list[_Subscription] = []
         self._attempt = 0
         self._closing = False
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hub-rabbitmq-io", daemon=True)
-        self._thread.start()
+        self._io = LoopThread("hub-rabbitmq-io")
+        self._io.loop.call_soon_threadsafe(self._connect)
         if not self._ready.wait(connect_timeout):
             self.close()
             raise BrokerUnavailable(f"no connection to RabbitMQ at {self._params.host}:{self._params.port}")
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._io.loop
+
     # -- the I/O thread
 
-    def _run(self) -> None:
-        self._ioloop.add_callback_threadsafe(self._connect)
-        self._ioloop.start()
-
     def _connect(self) -> None:
-        self._connection = SelectConnection(
+        self._connection = AsyncioConnection(
             self._params,
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_lost,
             on_close_callback=self._on_lost,
-            custom_ioloop=self._ioloop,
+            custom_ioloop=self._io.loop,
         )
 
-    def _on_open(self, connection: SelectConnection) -> None:
+    def _on_open(self, connection: AsyncioConnection) -> None:
         self._attempt = 0
         connection.channel(on_open_callback=self._on_publisher_open)
         connection.channel(on_open_callback=self._on_admin_open)
@@ -114,16 +119,16 @@ class RabbitMQBroker(Broker):
         if self._publisher is not None and self._admin is not None:
             self._ready.set()
 
-    def _on_lost(self, _connection: SelectConnection, reason: Any) -> None:
+    def _on_lost(self, _connection: AsyncioConnection, reason: Any) -> None:
         self._ready.clear()
         self._publisher = self._admin = None
         self._fail_all(BrokerUnavailable(f"RabbitMQ connection lost before the confirm: {reason}"))
         if self._closing:
-            self._ioloop.stop()
+            self._io.loop.stop()
             return
         delay = _BACKOFF[min(self._attempt, len(_BACKOFF) - 1)]
         self._attempt += 1
-        self._ioloop.call_later(delay, self._connect)
+        self._io.loop.call_later(delay, self._connect)
 
     def _fail_all(self, error: BrokerError) -> None:
         pending, self._pending = self._pending, {}
@@ -134,18 +139,21 @@ class RabbitMQBroker(Broker):
             if future is not None:
                 _settle(future, error)
 
-    def _call(self, fn: Callable[[], None], future: Future[Any] | None = None) -> None:
+    def _call(self, fn: Callable[[], None], future: AnyFuture | None = None) -> None:
         """Run ``fn`` on the I/O thread; a failure, or a closed broker, fails ``future``."""
         if self._closing:
             if future is not None:
                 _settle(future, BrokerUnavailable("the broker is closed"))
+            return
+        if self._io.is_current:
+            _run(fn, future)
             return
         with self._inbox_lock:
             self._inbox.append((fn, future))
             if self._inbox_scheduled:
                 return
             self._inbox_scheduled = True
-        self._ioloop.add_callback_threadsafe(self._drain_inbox)
+        self._io.loop.call_soon_threadsafe(self._drain_inbox)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -156,13 +164,7 @@ class RabbitMQBroker(Broker):
                 batch = list(self._inbox)
                 self._inbox.clear()
             for fn, future in batch:
-                if future is not None and future.done():
-                    continue
-                try:
-                    fn()
-                except Exception as exc:  # pika raises on a closed channel or connection
-                    if future is not None:
-                        _settle(future, exc if isinstance(exc, BrokerError) else BrokerUnavailable(str(exc)))
+                _run(fn, future)
 
     # -- publishing
 
@@ -171,7 +173,15 @@ class RabbitMQBroker(Broker):
         self._call(lambda: self._send(message, future), future)
         return future
 
-    def _send(self, message: Message, future: Future[None]) -> None:
+    def publish_on_loop(self, message: Message) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._io.loop.create_future()
+        if self._closing:
+            future.set_exception(BrokerUnavailable("the broker is closed"))
+        else:
+            _run(partial(self._send, message, future), future)
+        return future
+
+    def _send(self, message: Message, future: AnyFuture) -> None:
         channel = self._publisher
         if channel is None or not channel.is_open:
             connection = self._connection
@@ -297,19 +307,22 @@ class RabbitMQBroker(Broker):
         self._call(fn)
 
     def close(self) -> None:
+        if self._io.is_current:
+            raise RuntimeError("close the broker from another thread than its I/O loop")
         if self._closing:
             return
         self._closing = True
 
         def shut() -> None:
             connection = self._connection
-            if connection is not None and connection.is_open:
+            if connection is not None and (connection.is_open or connection.is_opening):
                 connection.close()
             else:
-                self._ioloop.stop()
+                self._io.loop.stop()
 
-        self._ioloop.add_callback_threadsafe(shut)
-        self._thread.join(30)
+        self._io.loop.call_soon_threadsafe(shut)
+        self._io.join(30)
+        self._io.stop(5)  # when the connection never finished closing
         # Work that never reached the I/O thread must not leave its callers waiting.
         with self._inbox_lock:
             stranded, self._inbox = list(self._inbox), deque()
@@ -328,7 +341,7 @@ class _Subscription(Subscription):
         self._channel: Channel | None = None
         self._cancelled = False
 
-    def open(self, connection: SelectConnection, opened: Future[None] | None = None) -> None:
+    def open(self, connection: AsyncioConnection, opened: Future[None] | None = None) -> None:
         def on_channel(channel: Channel) -> None:
             self._channel = channel
             channel.add_on_close_callback(lambda _ch, reason: self._on_closed(reason, opened))
@@ -417,7 +430,17 @@ def _bind(queue: str, exchange: str, routing_key: str, channel: Channel, done: C
     channel.queue_bind(queue, exchange, routing_key, callback=done)
 
 
-def _settle(future: Future[Any], outcome: Any) -> None:
+def _run(fn: Callable[[], None], future: AnyFuture | None) -> None:
+    if future is not None and future.done():
+        return
+    try:
+        fn()
+    except Exception as exc:  # pika raises on a closed channel or connection
+        if future is not None:
+            _settle(future, exc if isinstance(exc, BrokerError) else BrokerUnavailable(str(exc)))
+
+
+def _settle(future: AnyFuture, outcome: Any) -> None:
     if future.done():
         return
     if isinstance(outcome, BaseException):
