@@ -116,8 +116,14 @@ class Broker(ABC):
     def consume(self, queue: str, on_delivery: Callable[[Delivery], None], *, prefetch: int) -> Subscription:
         """Deliver messages from ``queue``, at most ``prefetch`` unsettled at a time.
 
-        ``on_delivery`` runs on the broker's own thread: it must hand the delivery on quickly.
+        ``on_delivery`` runs on a thread of the broker's (for RabbitMQ, its loop): it must hand the
+        delivery on quickly. Declaring, consuming and counting wait for the broker, so they are
+        called from other threads than ``loop``.
         """
+
+    @abstractmethod
+    def delete(self, topology: Topology) -> None:
+        """Delete the topology's queues, with their messages, and its exchanges: for a demo's namespace."""
 
     @abstractmethod
     def message_count(self, queue: str) -> int:
@@ -142,13 +148,18 @@ def wait(future: Future[T], timeout: float = CONFIRM_TIMEOUT) -> T:
         raise BrokerUnavailable(f"the broker did not answer within {timeout:g} s") from exc
 
 
-def connect(url: str) -> Broker:
-    """The broker for ``url``: ``amqp://``/``amqps://`` for RabbitMQ, ``memory://`` in-process."""
+def connect(url: str, *, namespace: str = "") -> Broker:
+    """The broker for ``url``: ``amqp://``/``amqps://`` for RabbitMQ, ``memory://`` in-process.
+
+    ``namespace`` prefixes every exchange and queue name on RabbitMQ (``demo-1.hub.exams``), so a
+    demo or a second consortium shares a vhost without touching the hub's own queues. The
+    in-process broker is private to its process and needs none.
+    """
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("amqp", "amqps"):
         from hub.brokers.rabbitmq import RabbitMQBroker
 
-        return RabbitMQBroker(url)
+        return RabbitMQBroker(url, namespace=namespace)
     if scheme == "memory":
         from hub.brokers.memory import MemoryBroker
 

@@ -7,6 +7,7 @@
     │   └── InvalidMessage      a supported message whose content breaks a rule
     │       └── MissingField    a required segment, field, element or reference is absent
     ├── EnvelopeError           bytes that are not a valid envelope of this schema version
+    ├── ConfigError             a consortium config that is unreadable or breaks a rule (file, key, what)
     └── BrokerError             the broker did not take a message
         ├── BrokerUnavailable   no connection, or it dropped before the confirm: try again later
         ├── Unroutable          no queue is bound for the routing key (publishing is mandatory)
@@ -28,6 +29,7 @@ __all__ = [
     "AdapterError",
     "BrokerError",
     "BrokerUnavailable",
+    "ConfigError",
     "DecodeError",
     "EnvelopeError",
     "HubError",
@@ -96,6 +98,10 @@ class MissingField(InvalidMessage):
 
 class EnvelopeError(HubError):
     """Bytes that do not decode to an envelope of this schema version."""
+
+
+class ConfigError(HubError):
+    """The consortium config cannot be read or breaks a rule; the message names the file and key."""
 
 
 class BrokerError(HubError):

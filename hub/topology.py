@@ -6,33 +6,45 @@
     hub.retry.<delay>  fanout   one per retry delay
       hub.retry.<delay>         quorum  x-message-ttl=<delay>; dead-letters back to hub.exams with the
                                         message's own routing key, so a retry returns to its lane
-    hub.parked       direct   key <centre>
+    hub.parked       direct   key <centre>, intake or egress
       hub.parked.<centre>       quorum  exams that failed for good, with reason, error and attempts
+      hub.parked.intake         quorum  input a gateway could not read, raw, with the reason it gave
+      hub.parked.egress         quorum  reports a member would not take, after every retry
+    hub.studies      fanout   DICOM instances, each already in the blob store
+      hub.studies               quorum  held until their study has been stable, then one imaging exam
     hub.reports      topic    key <origin>.<centre>
       hub.reports.<institution> quorum  reports going back to one member  <- <institution>.*
+    hub.events       topic    key <kind>.<centre>.<origin>: what happened to an exam and when
+      hub.ledger                quorum  every event, for the exam ledger                <- #
     hub.recognition  fanout   recognised results for every member (consumers bind their own queues)
 
 Work queues are quorum queues (RabbitMQ 3.10 quorum queues have no priorities, hence the STAT lane)
 with an explicit delivery limit: a message that keeps killing its worker is dead-lettered to the
 parked queue, at least once (which needs overflow=reject-publish). Topology is pure data; a broker
-declares it, idempotently.
+declares it, idempotently. A broker opened with a namespace prefixes every name above, so that
+several hubs (or a demo) can share one vhost without touching each other's queues.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from hub.envelope import Centre, Priority
 
 __all__ = [
     "DELIVERY_LIMIT",
+    "EGRESS",
+    "EVENTS",
     "EXAMS",
+    "INTAKE",
+    "LEDGER",
     "PARKED",
     "RECOGNITION",
     "REPORTS",
     "RETRY_DELAYS",
+    "STUDIES",
     "Binding",
     "Exchange",
     "Queue",
@@ -50,6 +62,13 @@ EXAMS = "hub.exams"
 REPORTS = "hub.reports"
 PARKED = "hub.parked"
 RECOGNITION = "hub.recognition"
+STUDIES = "hub.studies"
+EVENTS = "hub.events"
+LEDGER = "hub.ledger"
+Stage = Literal["intake", "egress"]  # parking keys beside the centres': unreadable input, undeliverable reports
+INTAKE: Final[Stage] = "intake"
+EGRESS: Final[Stage] = "egress"
+STAGES: tuple[Stage, ...] = (INTAKE, EGRESS)
 RETRY_DELAYS: tuple[int, ...] = (5, 30, 300)  # seconds: the backoff of a retried exam
 DELIVERY_LIMIT = 5  # deliveries before a crashing message is parked by the broker itself
 
@@ -92,7 +111,7 @@ def stat_queue(centre: Centre) -> str:
     return f"{EXAMS}.{centre}.stat"
 
 
-def parked_queue(centre: Centre) -> str:
+def parked_queue(centre: Centre | Stage) -> str:
     return f"{PARKED}.{centre}"
 
 
@@ -143,7 +162,9 @@ class Topology:
         yield Exchange(EXAMS, "topic")
         yield from (Exchange(retry_exchange(delay), "fanout") for delay in self.retry_delays)
         yield Exchange(PARKED, "direct")
+        yield Exchange(STUDIES, "fanout")
         yield Exchange(REPORTS, "topic")
+        yield Exchange(EVENTS, "topic")
         yield Exchange(RECOGNITION, "fanout")
 
     def queues(self) -> Iterator[Queue]:
@@ -151,9 +172,13 @@ class Topology:
             yield _work_queue(exam_queue(centre), centre)
             yield _work_queue(stat_queue(centre), centre)
             yield Queue(parked_queue(centre), {"x-queue-type": "quorum"})
+        for stage in STAGES:
+            yield Queue(parked_queue(stage), {"x-queue-type": "quorum"})
         yield from (_retry_queue(delay) for delay in self.retry_delays)
+        yield Queue(STUDIES, {"x-queue-type": "quorum"})
         for institution in self.institutions:
             yield Queue(report_queue(institution), {"x-queue-type": "quorum"})
+        yield Queue(LEDGER, {"x-queue-type": "quorum"})
 
     def bindings(self) -> Iterator[Binding]:
         for centre in self.centres:
@@ -161,10 +186,14 @@ class Topology:
             yield Binding(EXAMS, exam_queue(centre), f"{centre}.urgent.*")
             yield Binding(EXAMS, stat_queue(centre), f"{centre}.stat.*")
             yield Binding(PARKED, parked_queue(centre), centre)
+        for stage in STAGES:
+            yield Binding(PARKED, parked_queue(stage), stage)
         for delay in self.retry_delays:
             yield Binding(retry_exchange(delay), retry_exchange(delay), "")
+        yield Binding(STUDIES, STUDIES, "")
         for institution in self.institutions:
             yield Binding(REPORTS, report_queue(institution), f"{institution}.*")
+        yield Binding(EVENTS, LEDGER, "#")
 
     def describe(self) -> str:
         """A table of the topology, as `hub topology show` prints it."""

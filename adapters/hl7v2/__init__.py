@@ -3,6 +3,8 @@
     exams = hl7v2.read(raw)                       # ORU^R01, ORM^O01, OML^O21, OMG^O19
     reply = hl7v2.ack(raw, "AA")                  # original-mode ACK for the sender
     message = hl7v2.write_report(report)          # ORU^R01 v2.5.1 for the member site
+    hl7v2.read_ack(reply).code                    # "AA": what a member answered to a report
+    hl7v2.sender(raw)                             # MSH-4, read before the charset is known
 
 Pure: bytes in, envelopes out. The reader and the ACK writer work on ER7 text
 directly for speed; hl7apy builds outbound reports and checks structure when
@@ -15,12 +17,13 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from adapters.hl7v2._ack import ack
+from adapters.hl7v2._peek import Ack, read_ack, sender
 from adapters.hl7v2._reader import read as _read
 from adapters.hl7v2._strict import validate
 from adapters.hl7v2._writer import write_report
 from hub.envelope import Centre, Exam
 
-__all__ = ["ack", "read", "write_report"]
+__all__ = ["Ack", "ack", "read", "read_ack", "sender", "write_report"]
 
 
 def read(

@@ -89,6 +89,15 @@ class MemoryBroker(Broker):
                 if (binding.queue, binding.routing_key) not in bindings:
                     bindings.append((binding.queue, binding.routing_key))
 
+    def delete(self, topology: Topology) -> None:
+        with self._lock:
+            for queue in topology.queues():
+                dropped = self._queues.pop(queue.name, None)
+                for subscription in list(dropped.consumers) if dropped else []:
+                    self._drop_subscription(subscription)
+            for exchange in topology.exchanges():
+                self._exchanges.pop(exchange.name, None)
+
     def publish(self, message: Message) -> Future[None]:
         future: Future[None] = Future()
         if message.user_id is not None and message.user_id != self._login:

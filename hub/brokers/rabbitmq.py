@@ -52,8 +52,9 @@ class _Pending:
 
 
 class RabbitMQBroker(Broker):
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 10.0) -> None:
         self.url = url
+        self.namespace = namespace
         self._params = pika.URLParameters(url)
         self._login = self._params.credentials.username
         self._connection: AsyncioConnection | None = None
@@ -196,7 +197,8 @@ class RabbitMQBroker(Broker):
             headers=message.headers if isinstance(message.headers, dict) else dict(message.headers),
             user_id=message.user_id,
         )
-        channel.basic_publish(message.exchange, message.routing_key, message.body, properties, mandatory=True)
+        exchange = self.namespace + message.exchange if message.exchange else ""
+        channel.basic_publish(exchange, message.routing_key, message.body, properties, mandatory=True)
         self._pending[self._next_tag] = _Pending(future, message)
         self._next_tag += 1
 
@@ -248,6 +250,7 @@ class RabbitMQBroker(Broker):
     # -- declaring and inspecting
 
     def _admin_rpc(self, operation: Callable[[Channel, Callable[[Any], None]], None]) -> Any:
+        self._refuse_on_loop("declare or inspect")
         future: Future[Any] = Future()
 
         def run() -> None:
@@ -269,21 +272,40 @@ class RabbitMQBroker(Broker):
         if not self._closing and connection is not None and connection.is_open:
             connection.channel(on_open_callback=self._on_admin_open)
 
+    def _refuse_on_loop(self, what: str) -> None:
+        if self._io.is_current:
+            raise RuntimeError(f"{what} from another thread than the broker's loop: it waits for the loop")
+
+    def _named(self, name: str) -> str:
+        return self.namespace + name
+
     def declare(self, topology: Topology) -> None:
         for exchange in topology.exchanges():
-            self._admin_rpc(partial(_declare_exchange, exchange.name, exchange.type))
+            self._admin_rpc(partial(_declare_exchange, self._named(exchange.name), exchange.type))
         for queue in topology.queues():
-            self._admin_rpc(partial(_declare_queue, queue.name, queue.arguments))
+            arguments = dict(queue.arguments)
+            if "x-dead-letter-exchange" in arguments:
+                arguments["x-dead-letter-exchange"] = self._named(arguments["x-dead-letter-exchange"])
+            self._admin_rpc(partial(_declare_queue, self._named(queue.name), arguments))
         for binding in topology.bindings():
-            self._admin_rpc(partial(_bind, binding.queue, binding.exchange, binding.routing_key))
+            bound = partial(_bind, self._named(binding.queue), self._named(binding.exchange), binding.routing_key)
+            self._admin_rpc(bound)
+
+    def delete(self, topology: Topology) -> None:
+        for queue in topology.queues():
+            self._admin_rpc(partial(_delete_queue, self._named(queue.name)))
+        for exchange in topology.exchanges():
+            self._admin_rpc(partial(_delete_exchange, self._named(exchange.name)))
 
     def message_count(self, queue: str) -> int:
-        frame = self._admin_rpc(lambda ch, done: ch.queue_declare(queue, passive=True, callback=done))
+        name = self._named(queue)
+        frame = self._admin_rpc(lambda ch, done: ch.queue_declare(name, passive=True, callback=done))
         return int(frame.method.message_count)
 
     # -- consuming
 
     def consume(self, queue: str, on_delivery: Callable[[Delivery], None], *, prefetch: int) -> Subscription:
+        self._refuse_on_loop("consume")
         subscription = _Subscription(self, queue, on_delivery, prefetch)
         self._subscriptions.append(subscription)
         opened: Future[None] = Future()
@@ -352,7 +374,7 @@ class _Subscription(Subscription):
                 _settle(opened, None)
 
         def start(channel: Channel) -> None:
-            channel.basic_consume(self.queue, self._on_message, callback=started)
+            channel.basic_consume(self._broker._named(self.queue), self._on_message, callback=started)
 
         if not self._cancelled:
             connection.channel(on_open_callback=on_channel)
@@ -428,6 +450,14 @@ def _declare_queue(name: str, arguments: dict[str, Any], channel: Channel, done:
 
 def _bind(queue: str, exchange: str, routing_key: str, channel: Channel, done: Callable[[Any], None]) -> None:
     channel.queue_bind(queue, exchange, routing_key, callback=done)
+
+
+def _delete_queue(name: str, channel: Channel, done: Callable[[Any], None]) -> None:
+    channel.queue_delete(name, callback=done)
+
+
+def _delete_exchange(name: str, channel: Channel, done: Callable[[Any], None]) -> None:
+    channel.exchange_delete(name, callback=done)
 
 
 def _run(fn: Callable[[], None], future: AnyFuture | None) -> None:

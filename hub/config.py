@@ -1,0 +1,292 @@
+"""The consortium config: who the members are, how they connect, what each centre promises.
+
+    config = load_config("examples/consortium.toml")
+    config.institution_by_ae_title("YQ_CT01").code
+    config.sla("ecg", "stat")            # timedelta(minutes=10)
+
+A TOML file validated with pydantic. Every error is a ConfigError that names
+the file, the key path (``institutions[2].egress``) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hub.envelope import Centre, Priority
+from hub.errors import ConfigError
+from hub.ids import valid_uscc
+
+__all__ = [
+    "DEFAULT_SLA_MINUTES",
+    "CentreConfig",
+    "Config",
+    "DicomGateway",
+    "Egress",
+    "FhirGateway",
+    "HubSettings",
+    "Institution",
+    "MllpGateway",
+    "default_data_dir",
+    "load_config",
+    "parse_config",
+]
+
+# Turnaround targets when the config names none (minutes): the chest-pain ECG within 10.
+DEFAULT_SLA_MINUTES: dict[Centre, dict[Priority, int]] = {
+    "ecg": {"stat": 10, "urgent": 15, "routine": 30},
+    "imaging": {"stat": 30, "urgent": 45, "routine": 60},
+    "lab": {"stat": 30, "urgent": 60, "routine": 120},
+    "pathology": {"stat": 60, "urgent": 1440, "routine": 4320},
+}
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Egress(_Section):
+    """Where a member's reports go: ``mllp://host:port``, ``fhir+http(s)://base`` or ``pull``."""
+
+    kind: Literal["mllp", "fhir", "pull"]
+    url: str | None = None  # mllp://host:port or the FHIR base as http(s)://
+
+    @classmethod
+    def parse(cls, value: str) -> Egress:
+        if value == "pull":
+            return cls(kind="pull")
+        parts = urlsplit(value)
+        if parts.scheme == "mllp":
+            if not parts.hostname or parts.port is None:
+                raise ValueError(f"an MLLP endpoint needs a host and a port: mllp://host:port, not {value!r}")
+            return cls(kind="mllp", url=value)
+        if parts.scheme in ("fhir+http", "fhir+https"):
+            if not parts.hostname:
+                raise ValueError(f"a FHIR endpoint needs a host: fhir+https://host/base, not {value!r}")
+            return cls(kind="fhir", url=value.removeprefix("fhir+"))
+        raise ValueError(f"egress is mllp://host:port, fhir+http(s)://base or pull, not {value!r}")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The MLLP endpoint's host and port."""
+        parts = urlsplit(self.url or "")
+        return parts.hostname or "127.0.0.1", parts.port or 0
+
+    def __str__(self) -> str:
+        return "pull" if self.kind == "pull" else (f"fhir+{self.url}" if self.kind == "fhir" else str(self.url))
+
+
+class Institution(_Section):
+    code: str  # unified social credit code (GB 32100), as MSH-4 and FHIR identifiers carry it
+    name: str = Field(min_length=1)
+    kind: Literal["lead", "hospital", "township", "community"] = "township"
+    ae_titles: tuple[AETitle, ...] = ()
+    hl7_facilities: tuple[str, ...] = ()  # further MSH-4 names this member sends under, beside its code
+    broker_user: str | None = None  # when the member publishes with a broker login of its own
+    charset: str | None = None  # the fallback when a message names no charset (MSH-18, SpecificCharacterSet)
+    fhir_token: str | None = Field(default=None, repr=False)
+    fhir_token_env: str | None = None  # or the name of an environment variable holding it
+    egress: Egress = Egress(kind="pull")
+
+    @field_validator("code")
+    @classmethod
+    def _code_is_a_uscc(cls, value: str) -> str:
+        if not valid_uscc(value):
+            raise ValueError(f"{value!r} is not a valid unified social credit code (GB 32100 check character)")
+        return value
+
+    @field_validator("charset")
+    @classmethod
+    def _charset_is_known(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown character set {value!r}; use e.g. GB18030, GBK or UTF-8") from None
+        return value
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _egress_from_text(cls, value: object) -> object:
+        return Egress.parse(value) if isinstance(value, str) else value
+
+    @field_validator("ae_titles")
+    @classmethod
+    def _ae_titles_trimmed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(title.strip() for title in value)
+
+    def token(self) -> str | None:
+        """The member's FHIR bearer token, from the config or its environment variable."""
+        if self.fhir_token_env:
+            return os.environ.get(self.fhir_token_env) or None
+        return self.fhir_token
+
+
+class CentreConfig(_Section):
+    name: str | None = None
+    sla_minutes: dict[Priority, Annotated[int, Field(gt=0)]] = {}
+
+
+class MllpGateway(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 2575
+    max_frame_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    idle_timeout: Annotated[float, Field(gt=0)] = 300.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> MllpGateway:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        return self
+
+
+class DicomGateway(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    ae_title: AETitle = "CONSORTIUM_HUB"
+    study_stable_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
+class FhirGateway(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+
+
+class HubSettings(_Section):
+    # Blobs and (later) the ledger. Relative paths start at the config file; unset, $HUB_DATA_DIR,
+    # else $XDG_DATA_HOME/consortium-hub, else ~/.local/share/consortium-hub.
+    data_dir: Path | None = None
+    broker: str | None = None  # the CLI's --broker and $HUB_BROKER_URL come first
+    fsync: bool = True  # blobs reach the disk before a sender hears success
+    events: bool = True  # publish ledger events (hub.events)
+
+
+class Gateways(_Section):
+    mllp: MllpGateway | None = None
+    dicom: DicomGateway | None = None
+    fhir: FhirGateway | None = None
+
+
+class Consortium(_Section):
+    name: str = Field(min_length=1)
+    lead: str  # the lead hospital's institution code
+
+
+class Config(_Section):
+    consortium: Consortium
+    hub: HubSettings = HubSettings()
+    gateways: Gateways = Gateways()
+    centres: dict[Centre, CentreConfig] = {}
+    institutions: tuple[Institution, ...] = Field(min_length=1)
+    routing: dict[str, Centre] = {}  # order code (OBR-4.1, ServiceRequest.code) -> centre
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        codes = [i.code for i in self.institutions]
+        for n, code in enumerate(codes):
+            if code in codes[:n]:
+                raise ValueError(f"institution {code} appears twice (institutions[{n}])")
+        if self.consortium.lead not in codes:
+            raise ValueError(f"consortium.lead {self.consortium.lead} is not among the institutions")
+        seen: dict[str, str] = {}
+        for institution in self.institutions:
+            for title in institution.ae_titles:
+                if title in seen:
+                    raise ValueError(f"AE title {title!r} belongs to both {seen[title]} and {institution.code}")
+                seen[title] = institution.code
+        tokens = [t for t in (i.token() for i in self.institutions) if t]
+        if len(tokens) != len(set(tokens)):
+            raise ValueError("two institutions share a FHIR token; each member needs its own")
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return self.hub.data_dir or default_data_dir()  # parse_config has made it absolute
+
+    # -- lookups the gateways use
+
+    @property
+    def members(self) -> tuple[Institution, ...]:
+        """Every institution but the lead hospital."""
+        return tuple(i for i in self.institutions if i.code != self.consortium.lead)
+
+    def institution(self, code: str) -> Institution | None:
+        return next((i for i in self.institutions if i.code == code), None)
+
+    def institution_by_ae_title(self, title: str) -> Institution | None:
+        title = title.strip()
+        return next((i for i in self.institutions if title in i.ae_titles), None)
+
+    def institution_by_facility(self, facility: str) -> Institution | None:
+        """The member an HL7 MSH-4 names, by its code or one of its hl7_facilities."""
+        return next((i for i in self.institutions if facility == i.code or facility in i.hl7_facilities), None)
+
+    def institution_by_token(self, token: str) -> Institution | None:
+        return next((i for i in self.institutions if token and i.token() == token), None)
+
+    def sla(self, centre: Centre, priority: Priority) -> timedelta:
+        minutes = self.centres.get(centre, CentreConfig()).sla_minutes.get(priority)
+        return timedelta(minutes=minutes or DEFAULT_SLA_MINUTES[centre][priority])
+
+
+def parse_config(text: str, *, source: str = "<config>", base: Path | None = None) -> Config:
+    """A Config from TOML text; ``base`` is where a relative data_dir is resolved from."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            "\n".join(f"{source}: {_where(e['loc'])}: {_message(e['msg'])}" for e in exc.errors())
+        ) from exc
+    data_dir = config.hub.data_dir or default_data_dir()
+    if not data_dir.is_absolute():
+        data_dir = ((base or Path.cwd()) / data_dir).resolve()
+    return config.model_copy(update={"hub": config.hub.model_copy(update={"data_dir": data_dir})})
+
+
+def default_data_dir() -> Path:
+    if os.environ.get("HUB_DATA_DIR"):
+        return Path(os.environ["HUB_DATA_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "consortium-hub"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the config: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: the config must be UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    return parse_config(text, source=str(file), base=file.resolve().parent)
+
+
+def _message(text: str) -> str:
+    return text.removeprefix("Value error, ")
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("function-after", "function-before") and not str(part).startswith("function-"):
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"

@@ -1,0 +1,1 @@
+"""The hub's network edges: MLLP, DICOM and FHIR in; report egress out. Each is a thin module."""
