@@ -115,15 +115,17 @@ class MllpClient:
         self._ready: list[bytes | Oversized] = []
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._reader is None or self._writer is None or self._writer.is_closing():
-            try:
-                self._reader, self._writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port, ssl=self._ssl), self.timeout
-                )
-            except (OSError, TimeoutError) as exc:
-                raise MllpError(f"cannot connect to {self.host}:{self.port}: {exc or type(exc).__name__}") from exc
-            self._framer, self._ready = Framer(), []
-        return self._reader, self._writer
+        if self._reader is not None and self._writer is not None and not self._writer.is_closing():
+            return self._reader, self._writer
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=self._ssl), self.timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise MllpError(f"cannot connect to {self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+        self._reader, self._writer = reader, writer
+        self._framer, self._ready = Framer(), []
+        return reader, writer
 
     async def send(self, payload: bytes) -> bytes:
         """Send one message; its reply frame. MllpError (and a closed connection) when none comes."""
