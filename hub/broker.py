@@ -26,10 +26,11 @@ from typing import Any, NamedTuple, TypeVar
 from hub.errors import BrokerUnavailable
 from hub.topology import Topology
 
-__all__ = ["CONFIRM_TIMEOUT", "Broker", "Delivery", "Message", "Subscription", "connect", "wait"]
+__all__ = ["CONFIRM_TIMEOUT", "DEFAULT_URL", "Broker", "Delivery", "Message", "Subscription", "connect", "wait"]
 
 T = TypeVar("T")
 
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"  # RabbitMQ from Debian's package, on this machine
 CONFIRM_TIMEOUT = 30.0  # seconds a caller waits for the broker before treating it as unavailable
 
 

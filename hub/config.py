@@ -97,6 +97,9 @@ class Institution(_Section):
     fhir_token: str | None = Field(default=None, repr=False)
     fhir_token_env: str | None = None  # or the name of an environment variable holding it
     egress: Egress = Egress(kind="pull")
+    egress_connections: Annotated[int, Field(ge=1, le=16)] = (
+        1  # MLLP/FHIR connections for its reports, if it takes several
+    )
 
     @field_validator("code")
     @classmethod

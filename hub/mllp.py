@@ -7,9 +7,11 @@
 ``MllpClient`` sends a frame and waits for the reply frame, over asyncio
 streams: report egress, ``hub replay`` and the tests use it.
 
-Bytes outside a frame (line noise, a sender's stray CR) are skipped. A frame
-larger than the limit is not buffered whole: its first ``HEAD_BYTES`` are kept
-so the listener can still answer it (MSH-10) and park what it saw.
+Bytes outside a frame (line noise, a sender's stray CR) are skipped, and a
+frame its sender abandoned (a new start byte before its end) is dropped. A
+frame larger than the limit is not buffered whole: its first ``HEAD_BYTES`` are
+kept, however the stream was cut into reads, so the listener can still answer
+it (MSH-10) and park what it saw.
 """
 
 from __future__ import annotations
@@ -43,62 +45,88 @@ def frame(payload: bytes) -> bytes:
 
 
 class Framer:
+    """Whole frames out of a byte stream, fed as it arrives; no sockets, so it is tested by feeding bytes.
+
+    A start byte inside an unfinished frame means its sender gave up on it and began again (VT never
+    occurs inside an HL7 message in UTF-8, GBK or GB18030): the unfinished bytes are dropped and the
+    new frame is read. Past ``max_frame_bytes`` a frame's first ``HEAD_BYTES`` are kept and the rest
+    is only counted, so memory stays bounded whatever a sender does.
+    """
+
     def __init__(self, max_frame_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self._keep = max(max_frame_bytes, HEAD_BYTES)  # bytes of a frame held: all of it, or past the limit its head
         self._buffer = bytearray()
+        self._size = 0  # bytes of the current frame so far, held or not
         self._in_frame = False
-        self._skipped = 0  # bytes of an oversized frame dropped so far
-        self._head = b""
+        self._ends_with_fs = False  # its last byte is FS: an end marker may be split across two reads
 
     @property
     def pending(self) -> int:
-        """Bytes of an unfinished frame held (0 between frames)."""
-        return len(self._buffer) if self._in_frame else 0
+        """Bytes of an unfinished frame received so far (0 between frames)."""
+        return self._size if self._in_frame else 0
 
     def feed(self, data: bytes) -> list[bytes | Oversized]:
         out: list[bytes | Oversized] = []
-        view = memoryview(data)
-        while view:
+        pos, length = 0, len(data)
+        while pos < length:
             if not self._in_frame:
-                start = bytes(view).find(START)
+                start = data.find(START, pos)
                 if start < 0:
-                    return out  # noise between frames
-                view = view[start + 1 :]
-                self._in_frame = True
-                self._buffer.clear()
-            view = self._take(view, out)
+                    break  # noise between frames
+                self._begin()
+                pos = start + 1
+                continue
+            if self._ends_with_fs and data[pos] == END[1]:
+                self._drop_last()
+                out.append(self._finish())
+                pos += 1
+                continue
+            end = data.find(END, pos)
+            stop = length if end < 0 else end
+            restart = data.find(START, pos, stop)
+            if restart >= 0:  # a new frame began before this one ended
+                self._begin()
+                pos = restart + 1
+                continue
+            self._append(data, pos, stop)
+            if end < 0:
+                break
+            out.append(self._finish())
+            pos = end + len(END)
         return out
 
-    def _take(self, view: memoryview, out: list[bytes | Oversized]) -> memoryview:
-        # The end marker may straddle two reads, so look for it in what is held plus what came.
-        held = len(self._buffer)
-        self._buffer += view
-        end = self._buffer.find(END, max(0, held - 1))
-        if end < 0:
-            self._cap()
-            return view[len(view) :]
-        consumed = end + len(END) - held
-        payload = bytes(self._buffer[:end])
+    def _begin(self) -> None:
         self._buffer.clear()
-        self._in_frame = False
-        if self._skipped:
-            out.append(Oversized(self._head, self._skipped + len(payload)))
-            self._skipped, self._head = 0, b""
-        elif len(payload) > self.max_frame_bytes:
-            out.append(Oversized(payload[:HEAD_BYTES], len(payload)))
-        else:
-            out.append(payload)
-        return view[consumed:]
+        self._size = 0
+        self._in_frame = True
+        self._ends_with_fs = False
 
-    def _cap(self) -> None:
-        """Past the limit, keep the head and one byte (an end marker may start there), drop the rest."""
-        if self._skipped + len(self._buffer) <= self.max_frame_bytes:
+    def _append(self, data: bytes, start: int, stop: int) -> None:
+        if stop <= start:
             return
-        if not self._skipped:
-            self._head = bytes(self._buffer[:HEAD_BYTES])
-        keep = self._buffer[-1:]
-        self._skipped += len(self._buffer) - 1
-        self._buffer = bytearray(keep)
+        room = self._keep - len(self._buffer)
+        if room > 0:
+            self._buffer += memoryview(data)[start : min(stop, start + room)]
+        self._size += stop - start
+        self._ends_with_fs = data[stop - 1] == END[0]
+
+    def _drop_last(self) -> None:
+        if len(self._buffer) == self._size:
+            del self._buffer[-1]
+        self._size -= 1
+
+    def _finish(self) -> bytes | Oversized:
+        item: bytes | Oversized
+        if self._size > self.max_frame_bytes:
+            item = Oversized(bytes(self._buffer[:HEAD_BYTES]), self._size)
+        else:
+            item = bytes(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        self._in_frame = False
+        self._ends_with_fs = False
+        return item
 
 
 class MllpClient:
@@ -115,7 +143,8 @@ class MllpClient:
         self._ready: list[bytes | Oversized] = []
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._reader is not None and self._writer is not None and not self._writer.is_closing():
+        reader_alive = self._reader is not None and not self._reader.at_eof()  # a member may drop idle connections
+        if reader_alive and self._reader is not None and self._writer is not None and not self._writer.is_closing():
             return self._reader, self._writer
         try:
             reader, writer = await asyncio.wait_for(

@@ -1,11 +1,13 @@
-"""The `hub` command: read, schemas, demo; and format detection behind them."""
+"""The `hub` command: read, schemas, demo (on both brokers); and format detection behind them."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from brokers import AMQP_URL, require_rabbitmq
 
 import adapters
 from hub.cli import main
@@ -63,37 +65,58 @@ def test_hub_schemas_check_passes_on_the_repo_and_fails_on_drift(tmp_path: Path)
     assert main(["schemas", "check", "--dir", str(tmp_path)]) == 0
 
 
-def test_hub_demo_runs_every_sample_as_expected() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "demo", "--messages", str(MESSAGES)],
-        capture_output=True,
-        text=True,
-        check=False,
+def run_demo(*args: str, broker: str = "memory://") -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"HUB_BROKER_URL": broker}
+    return subprocess.run(
+        [sys.executable, "-m", "hub", "demo", *args], capture_output=True, text=True, check=False, env=env, timeout=300
     )
+
+
+@pytest.mark.parametrize("broker", ["memory", "rabbitmq"])
+def test_hub_demo_delivers_every_good_sample_and_refuses_every_bad_one(broker: str) -> None:
+    if broker == "rabbitmq":
+        require_rabbitmq()
+    result = run_demo("--messages", str(MESSAGES), broker="memory://" if broker == "memory" else AMQP_URL)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert ("RabbitMQ at" if broker == "rabbitmq" else "in-process broker") in result.stdout
     samples = [p for p in MESSAGES.rglob("*") if p.is_file() and p.suffix not in {".md", ".toml", ".py"}]
-    assert f"{len(samples)} samples:" in result.stdout
+    bad = [p for p in samples if p.name.startswith("bad-")]
+    assert f"{len(samples)} samples: {len(samples) - len(bad)} accepted, {len(bad)} rejected" in result.stdout
     assert " 0 unexpected" in result.stdout
     assert "!! " not in result.stdout
+    # Each good sample's report reached its member over its own egress: MLLP AA, FHIR 201, or a pull.
+    assert "AA in" in result.stdout and "HTTP 201 in" in result.stdout and "pull" in result.stdout
+    assert "危急值" in result.stdout  # the CBC's WBC of 35.2 is a critical value
+    if broker == "rabbitmq":
+        listed = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "demo-" not in listed, "the demo's namespace is deleted afterwards"
+
+
+def test_hub_demo_says_when_no_rabbitmq_is_reachable() -> None:
+    result = run_demo("--messages", str(MESSAGES / "hl7v2"), broker="amqp://guest:guest@127.0.0.1:1/%2F")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "in-process broker: no RabbitMQ reachable at 127.0.0.1:1" in result.stdout
 
 
 def test_hub_demo_output_has_no_patient_names_or_ids() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "demo", "--messages", str(MESSAGES)], capture_output=True, text=True, check=False
-    )
-    exams = [e for p in MESSAGES.glob("hl7v2/[!b]*.hl7") for e in adapters.read(p.read_bytes())]
+    result = run_demo("--messages", str(MESSAGES))
+    exams = [e for p in MESSAGES.glob("hl7v2/[!b]*.hl7") for e in adapters.read(p.read_bytes(), charset="GBK")]
     assert exams
     for exam in exams:
         if exam.patient.name:
-            assert exam.patient.name not in result.stdout
+            assert exam.patient.name not in result.stdout + result.stderr
         if exam.patient.national_id:
-            assert exam.patient.national_id not in result.stdout
+            assert exam.patient.national_id not in result.stdout + result.stderr
 
 
 def test_demo_flags_a_bad_sample_that_is_accepted(tmp_path: Path) -> None:
     good = MESSAGES / "hl7v2" / "lab-cbc-gb18030.hl7"
     (tmp_path / "bad-not-really.hl7").write_bytes(good.read_bytes())
-    assert main(["demo", "--messages", str(tmp_path)]) == 1
+    result = run_demo("--messages", str(tmp_path))
+    assert result.returncode == 1
+    assert "!! bad-not-really.hl7" in result.stdout
 
 
 def test_bench_script_runs(tmp_path: Path) -> None:

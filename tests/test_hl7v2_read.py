@@ -34,8 +34,8 @@ def message(*segments: str, header: str | None = None, sep: str = "\r", codec: s
     return sep.join([header or msh(), *segments]).encode(codec) + sep.encode()
 
 
-def test_public_api_is_read_write_report_and_ack() -> None:
-    assert sorted(adapters.hl7v2.__all__) == ["ack", "read", "write_report"]
+def test_public_api_is_read_write_report_ack_and_the_peeks() -> None:
+    assert sorted(adapters.hl7v2.__all__) == ["Ack", "ack", "read", "read_ack", "sender", "write_report"]
     assert all(callable(getattr(adapters.hl7v2, name)) for name in adapters.hl7v2.__all__)
 
 

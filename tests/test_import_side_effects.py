@@ -16,6 +16,9 @@ def hook(event, args):
 sys.addaudithook(hook)
 import hub, hub.cli, hub.demo, hub.envelope, hub.errors, hub.ids, hub.resources, hub.schemas
 import hub.broker, hub.loop, hub.topology, hub.publish, hub.worker, hub.brokers.memory, hub.brokers.rabbitmq
+import hub.config, hub.events, hub.intake, hub.mllp, hub.members, hub.pull, hub.replay, hub.replay_dicom, hub.serve
+import hub.store.blobs, hub.gateways.dicom, hub.gateways.egress, hub.gateways.http, hub.gateways.mllp
+import hub.gateways.studies
 import adapters
 from adapters import dicom, fhir, hl7v2
 print("clean")

@@ -99,3 +99,18 @@ def test_a_subscription_resumes_and_unsettled_messages_are_redelivered(vhost_url
 def test_an_unreachable_broker_is_a_clear_error() -> None:
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1"):
         RabbitMQBroker("amqp://guest:guest@127.0.0.1:1/%2F", connect_timeout=2)
+
+
+def test_a_consumer_whose_channel_the_broker_closes_consumes_again(vhost_url: str) -> None:
+    # RabbitMQ closes a channel on its own for a consumer_timeout or a protocol error; acking a
+    # delivery twice is a protocol error (unknown delivery tag), so it stands in for both here.
+    with connect(vhost_url) as broker:
+        broker.declare(Topology(retry_delays=(1,)))
+        got: queue.Queue[Delivery] = queue.Queue()
+        broker.consume(exam_queue("ecg") + ".stat", got.put, prefetch=5)
+        broker.publish(Message(EXAMS, KEY, "刘洋的心电图".encode(), message_id="first")).result(10)
+        first = got.get(timeout=10)
+        first.ack()
+        first.ack()  # the broker closes the consumer's channel
+        publish_until_confirmed(broker, Message(EXAMS, KEY, b"{}", message_id="after-close"))
+        assert got.get(timeout=30).message_id == "after-close"

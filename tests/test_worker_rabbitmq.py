@@ -62,6 +62,9 @@ def test_a_handler_five_times_longer_than_the_heartbeat_runs_once(vhost_url: str
             worker.stop(10)
 
 
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "consortium.toml"  # ORIGIN is a member
+
+
 def test_sigterm_finishes_the_exam_in_hand_then_exits(vhost_url: str, tmp_path: Path) -> None:
     with connect(vhost_url) as broker:
         broker.declare(TOPOLOGY)
@@ -75,7 +78,7 @@ def test_sigterm_finishes_the_exam_in_hand_then_exits(vhost_url: str, tmp_path: 
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "hub", "worker", "ecg", "--handler", "handlers:slow_read", "--broker", vhost_url,
-         "--institution", ORIGIN, "--concurrency", "1"],
+         "--config", str(EXAMPLE_CONFIG), "--concurrency", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

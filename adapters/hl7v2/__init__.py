@@ -2,13 +2,14 @@
 
     exams = hl7v2.read(raw)                       # ORU^R01, ORM^O01, OML^O21, OMG^O19
     reply = hl7v2.ack(raw, "AA")                  # original-mode ACK for the sender
-    message = hl7v2.write_report(report)          # ORU^R01 v2.5.1 for the member site
+    message = hl7v2.write_report(report)          # ORU^R01 v2.5.1 for the member site (strict=True: hl7apy)
     hl7v2.read_ack(reply).code                    # "AA": what a member answered to a report
     hl7v2.sender(raw)                             # MSH-4, read before the charset is known
 
-Pure: bytes in, envelopes out. The reader and the ACK writer work on ER7 text
-directly for speed; hl7apy builds outbound reports and checks structure when
-``read(..., strict=True)`` asks for it.
+Pure: bytes in, envelopes out. The reader, the ACK writer and the report
+writer work on ER7 text directly for speed; hl7apy checks structure when
+``read(..., strict=True)`` asks for it and builds the report under strict
+validation when ``write_report(..., strict=True)`` does.
 """
 
 from __future__ import annotations

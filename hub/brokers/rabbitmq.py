@@ -324,6 +324,17 @@ class RabbitMQBroker(Broker):
             raise
         return subscription
 
+    def reopen_later(self, subscription: _Subscription, delay: float = 1.0) -> None:
+        def reopen() -> None:
+            connection = self._connection
+            if self._closing or subscription.cancelled or connection is None or not connection.is_open:
+                return
+            if subscription.channel_open:
+                return
+            subscription.open(connection)
+
+        self._io.loop.call_later(delay, reopen)
+
     def in_io_thread(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread, fire and forget (settling deliveries)."""
         self._call(fn)
@@ -337,7 +348,7 @@ class RabbitMQBroker(Broker):
 
         def shut() -> None:
             connection = self._connection
-            if connection is not None and (connection.is_open or connection.is_opening):
+            if connection is not None and not (connection.is_closed or connection.is_closing):
                 connection.close()
             else:
                 self._io.loop.stop()
@@ -363,6 +374,14 @@ class _Subscription(Subscription):
         self._channel: Channel | None = None
         self._cancelled = False
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def channel_open(self) -> bool:
+        return self._channel is not None and bool(self._channel.is_open)
+
     def open(self, connection: AsyncioConnection, opened: Future[None] | None = None) -> None:
         def on_channel(channel: Channel) -> None:
             self._channel = channel
@@ -383,6 +402,10 @@ class _Subscription(Subscription):
         self._channel = None
         if opened is not None and not opened.done():
             _settle(opened, BrokerError(f"cannot consume from {self.queue!r}: {reason}"))
+            return
+        # The broker closed this channel alone (consumer_timeout, a channel error): consume again. A lost
+        # connection is handled by the reconnect, which reopens every subscription.
+        self._broker.reopen_later(self)
 
     def _on_message(self, channel: Channel, method: Any, properties: BasicProperties, body: bytes) -> None:
         self._on_delivery(

@@ -4,11 +4,13 @@
     blob = blobs.put(data)            # Blob(uri="urn:sha256:<hex>", ...), on disk when it returns
     blobs.read(blob.uri)
 
-Each blob is written to a temporary file, flushed to disk (``fsync``) and
-renamed into place, so a reader never sees half a file and a crash leaves
-either the whole blob or none. The same bytes are stored once. A URI is
-``urn:sha256:<64 hex digits>``, which is what ``Source.uri`` and attachment URIs
-carry.
+Each blob is written to a temporary file beside its final name, flushed to
+disk (``fsync``) and renamed into place, so a reader never sees half a file and
+a crash leaves either the whole blob or none (at worst a dot-named temporary
+file). The rename, and every directory made for it, is made durable too
+(``fsync`` of the parent directories). The same bytes are stored once. A URI is
+``urn:sha256:<64 hex digits>``, which is what ``Source.uri`` and attachment
+URIs carry; the file is ``sha256/<first two hex digits>/<digest>``.
 """
 
 from __future__ import annotations
@@ -47,35 +49,68 @@ class BlobStore:
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
-        self._tmp = self.root / "tmp"
+        self._shards = self.root / "sha256"
+        self._prepared = False
 
     def _path(self, digest: str) -> Path:
-        return self.root / "sha256" / digest[:2] / digest[2:4] / digest
+        # One level of 256 directories, as git does, all made with the first put (see _prepare).
+        return self._shards / digest[:2] / digest
 
     def put(self, data: bytes | bytearray | memoryview) -> Blob:
         """Store ``data``; returns once it is durably on disk (when fsync is on)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
-        if not path.exists():
+        if not path.is_file():
             self._write(path, data)
         return Blob(sha256_uri(digest), digest, len(data), path)
 
     def _write(self, path: Path, data: bytes | bytearray | memoryview) -> None:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        self._prepare()
+        self._makedirs(path.parent)  # when a shard was removed behind the store's back
+        # The temporary file sits beside its final name: the rename then touches one directory, and
+        # its dot name never matches a digest, so a reader cannot see it.
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as tmp:
                 tmp.write(data)
                 if self.fsync:
                     tmp.flush()
                     os.fsync(tmp.fileno())
+            # Two writers of the same bytes may race here: either rename leaves the same whole file.
             os.replace(tmp_name, path)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         if self.fsync:
             _fsync_dir(path.parent)
+
+    def _prepare(self) -> None:
+        """Make the 256 shard directories at once, durable with one fsync, so no put pays for one."""
+        if self._prepared:
+            return
+        self._makedirs(self._shards)
+        made = False
+        for shard in range(256):
+            try:
+                (self._shards / f"{shard:02x}").mkdir()
+                made = True
+            except FileExistsError:
+                pass
+        if made and self.fsync:
+            _fsync_dir(self._shards)
+        self._prepared = True
+
+    def _makedirs(self, directory: Path) -> None:
+        """``mkdir -p``, each new directory's entry made durable in its parent."""
+        if directory.is_dir():
+            return
+        self._makedirs(directory.parent)
+        try:
+            directory.mkdir()
+        except FileExistsError:  # another writer made it first
+            return
+        if self.fsync:
+            _fsync_dir(directory.parent)
 
     def path(self, uri: str) -> Path:
         """Where the blob with ``uri`` lies; BlobNotFound when this store has none."""
@@ -98,7 +133,7 @@ class BlobStore:
 
 
 def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is.
+    # A rename or a new entry is durable only once its directory is.
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -1,0 +1,237 @@
+"""DICOM ingest: DCMTK storescu sends the same instances to the hub's SCP and to Orthanc, in one run.
+
+    python bench/dicom_ingest.py [--instances 400] [--rounds 3] [--ablation]
+
+N copies of pydicom's CT_small.dcm, each with its own SOP Instance UID, go by one storescu association
+to each target, with TCP_NODELAY set in the sender's environment (DCMTK's runtime switch for Nagle's
+algorithm) and without it, as most modalities send. Targets:
+- the hub: start_dicom and a StudyAssembler in this process, RabbitMQ in a scratch vhost, blobs fsync'd;
+  again with fsync off, to show what fsync costs;
+- Orthanc (Debian's package) on loopback with a temporary storage dir, accepting any calling AE, run
+  with TCP_NODELAY=1 (its DCMTK's Nagle switch: its best setting) and SyncStorageArea on.
+Each run starts from empty storage. A rate is the median over interleaved rounds, a ratio the median of
+per-round ratios. Goals: hub >= 1.0x Orthanc with TCP_NODELAY; without it, aim for 5x Orthanc.
+--ablation adds the hub with TCP_NODELAY but without TCP_QUICKACK on its sockets.
+Needs storescu, Orthanc, RabbitMQ at HUB_BENCH_AMQP_URL (default localhost, guest) and rabbitmqctl.
+"""
+
+# ruff: noqa: E402  (the sys.path fix below must run before the imports)
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from statistics import median
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
+
+from _timing import verdict
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+import hub.gateways.dicom as gateway
+from hub.broker import connect
+from hub.config import DicomGateway, load_config
+from hub.gateways.studies import StudyAssembler
+from hub.intake import Intake
+from hub.store.blobs import BlobStore
+from hub.topology import Topology
+
+AMQP = os.environ.get("HUB_BENCH_AMQP_URL", "amqp://guest:guest@localhost:5672")
+CONFIG = BENCH.parent / "examples" / "consortium.toml"
+CALLING = "YQ_CT01"  # 於潜镇中心卫生院's CT in the sample config
+SENDERS = {"TCP_NODELAY": True, "no TCP_NODELAY": False}
+
+
+def make_instances(folder: Path, count: int) -> list[Path]:
+    dataset = dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.StudyInstanceUID = generate_uid()
+    files = []
+    for n in range(count):
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.InstanceNumber = n + 1
+        path = folder / f"{n:05d}.dcm"
+        dataset.save_as(path)
+        files.append(path)
+    return files
+
+
+def storescu(port: int, called: str, files: list[Path], *, nodelay: bool) -> float:
+    """Images per second of one storescu association sending ``files``."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    command = ["storescu", "-aet", CALLING, "-aec", called, "127.0.0.1", str(port), *map(str, files)]
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"storescu to {called} failed ({result.returncode}): {result.stderr[-500:]}")
+    return len(files) / elapsed
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"Orthanc exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"Orthanc did not listen on {port} within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def orthanc(scratch: Path) -> Iterator[int]:
+    """Orthanc on loopback with empty storage; yields its DICOM port."""
+    storage = Path(tempfile.mkdtemp(dir=scratch, prefix="orthanc-"))
+    port = free_port()
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "DicomAet": "ORTHANC",
+        "DicomPort": port,
+        "HttpPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "DicomCheckModalityHost": False,
+        "SyncStorageArea": True,
+        "Plugins": [],
+    }
+    (storage / "orthanc.json").write_text(json.dumps(config))
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    with open(storage / "orthanc.log", "wb") as log_file:
+        process = subprocess.Popen(
+            ["Orthanc", str(storage / "orthanc.json")], env=env, stdout=log_file, stderr=log_file
+        )
+    try:
+        wait_port(port, process)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def hub(url: str, scratch: Path, *, fsync: bool) -> Iterator[int]:
+    """The hub's SCP and study assembler on ``url`` with empty blob storage; yields the SCP's port."""
+    config = load_config(CONFIG)
+    with connect(url) as broker:
+        broker.declare(Topology(institutions=[i.code for i in config.institutions], retry_delays=(1,)))
+        blobs = BlobStore(tempfile.mkdtemp(dir=scratch, prefix="blobs-"), fsync=fsync)
+        intake = Intake(broker, blobs)
+        assembler = StudyAssembler(broker, intake, stable_seconds=1.0)
+        assembler.start()
+        listener = gateway.start_dicom(intake, config, DicomGateway(port=0, ae_title="HUB"))
+        try:
+            yield listener.port
+        finally:
+            listener.close()
+            assembler.stop()
+            shutil.rmtree(blobs.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def without_quickack(target: contextlib.AbstractContextManager[int]) -> Iterator[int]:
+    """The hub with TCP_NODELAY only: the gateway's QUICKACK switched off for this run."""
+    quickack = gateway._TCP_QUICKACK
+    gateway._TCP_QUICKACK = None
+    try:
+        with target as port:
+            yield port
+    finally:
+        gateway._TCP_QUICKACK = quickack
+
+
+def scratch_vhost() -> tuple[str, str]:
+    vhost = f"hub-bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                   capture_output=True)  # fmt: skip
+    return vhost, f"{AMQP}/{vhost}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=400, help="CT_small instances per association")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--ablation", action="store_true", help="also the hub without TCP_QUICKACK")
+    args = parser.parse_args()
+    for tool in ("storescu", "Orthanc", "rabbitmqctl"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not on PATH (Debian: dcmtk, orthanc, rabbitmq-server)")
+    logging.basicConfig(level=logging.WARNING)
+    vhost, url = scratch_vhost()
+    scratch = Path(tempfile.mkdtemp(prefix="hub-dicom-bench-"))
+    try:
+        files = make_instances(scratch, args.instances)
+        targets: dict[str, Callable[[], contextlib.AbstractContextManager[int]]] = {
+            "hub": lambda: hub(url, scratch, fsync=True),
+            "hub, fsync off": lambda: hub(url, scratch, fsync=False),
+            "Orthanc": lambda: orthanc(scratch),
+        }
+        if args.ablation:
+            targets["hub, no QUICKACK"] = lambda: without_quickack(hub(url, scratch, fsync=True))
+        called = {"Orthanc": "ORTHANC"}
+        samples: dict[tuple[str, str], list[float]] = {}
+        size = files[0].stat().st_size
+        print(f"bench/dicom_ingest.py: {args.instances} CT_small instances ({size:,} bytes each) per "
+              f"storescu association, {args.rounds} interleaved rounds; hub on RabbitMQ (scratch vhost)")  # fmt: skip
+        for _ in range(args.rounds):
+            for sender, nodelay in SENDERS.items():
+                for name, target in targets.items():
+                    with target() as port:
+                        rate = storescu(port, called.get(name, "HUB"), files, nodelay=nodelay)
+                    samples.setdefault((sender, name), []).append(rate)
+        for sender in SENDERS:
+            print(f"  sender with {sender}:" if sender == "TCP_NODELAY" else f"  sender with {sender} (Nagle on):")
+            base = samples[(sender, "Orthanc")]
+            for name in targets:
+                rates = samples[(sender, name)]
+                ratio = median(a / b for a, b in zip(rates, base, strict=True))
+                spread = f"{min(rates):.0f}-{max(rates):.0f}"
+                line = f"    {name:<30} {median(rates):>7.1f} img/s  ({spread:>9})  {ratio:>6.2f}x Orthanc"
+                if name == "hub":
+                    goal = 1.0 if sender == "TCP_NODELAY" else 5.0
+                    line += f"   goal >= {goal:.1f}x: {verdict(ratio >= goal)}"
+                print(line)
+        for sender in SENDERS:
+            on, off = samples[(sender, "hub")], samples[(sender, "hub, fsync off")]
+            cost = median(1 / a - 1 / b for a, b in zip(on, off, strict=True)) * 1000
+            print(f"  fsync ({sender}): {median(a / b for a, b in zip(on, off, strict=True)):.2f}x the rate "
+                  f"without it, {cost:+.2f} ms per instance")  # fmt: skip
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+"""The FHIR gateway: members POST Bundles over HTTP; the answer comes once the broker has them.
+
+    listener = await start_fhir(intake, config, config.gateways.fhir)   # on intake.broker.loop
+    listener.port
+    await listener.close()                                              # graceful
+
+    POST /fhir                    a transaction, batch, collection or message Bundle (or a lone
+                                  ServiceRequest or DiagnosticReport, which the adapter also reads)
+    POST /fhir/$process-message   a message Bundle
+    GET  /fhir/metadata           the CapabilityStatement (no token needed)
+
+``FhirApp`` is a plain ASGI application with no web framework: it has two routes and answers
+everything with an OperationOutcome, which a framework would not write for us. It runs on
+uvicorn, on the broker's own loop, so that a publish costs no thread hop.
+
+Every request needs ``Authorization: Bearer <token>``; the token's institution is the sender, and
+its code overrides whatever sender the Bundle names. Answers:
+
+    202  every exam confirmed by the broker; the outcome lists each exam id, and adapter notices
+         (a resident ID that fails its check digit) as warnings with their expression
+    400  not readable FHIR JSON (structure), or not a message the hub takes (not-supported)
+    422  a supported message that breaks a rule (invalid; required for a missing element)
+    401  no bearer token (login) or an unknown one (security)
+    404, 405, 413, 415  the wrong path, method, size or content type
+    503  the broker did not confirm, so nothing was taken: try again after Retry-After
+    500  a fault of the hub's own; the body is parked all the same
+
+Input the hub refuses is parked on ``hub.parked.intake`` with its problems before the sender
+hears why; when parking fails too, the answer is 503, so the sender keeps its copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import traceback
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+
+from adapters import fhir
+from hub.broker import CONFIRM_TIMEOUT
+from hub.config import Config, FhirGateway, Institution
+from hub.envelope import Exam
+from hub.errors import AdapterError, BrokerError, DecodeError, InvalidMessage, MissingField, UnsupportedMessage
+from hub.intake import Intake
+
+__all__ = ["METADATA", "PROCESS_MESSAGE", "RETRY_AFTER_SECONDS", "ROOT", "FhirApp", "FhirListener", "start_fhir"]
+
+log = logging.getLogger("hub.gateways.http")
+
+ROOT = "/fhir"
+PROCESS_MESSAGE = "/fhir/$process-message"
+METADATA = "/fhir/metadata"
+RETRY_AFTER_SECONDS = 10  # the RabbitMQ broker reconnects with backoff of up to 8 s
+_ROUTES: Mapping[str, str] = {ROOT: "POST", PROCESS_MESSAGE: "POST", METADATA: "GET"}
+_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
+_FHIR_JSON = b"application/fhir+json; charset=utf-8"
+_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are read in a worker thread, so one upload does not stall the loop
+
+ASGIMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    resource: Mapping[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class _Refused(Exception):
+    """Ends a request early with ``answer``: a refusal that involves no input worth parking."""
+
+    def __init__(self, answer: _Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+class FhirApp:
+    """The ASGI application; uvicorn (or any ASGI server) calls it once per request."""
+
+    def __init__(self, intake: Intake, config: Config, *, max_body_bytes: int) -> None:
+        self.intake = intake
+        self.config = config
+        self.max_body_bytes = max_body_bytes
+        self.capability = _capability_statement(datetime.now(UTC))
+
+    async def __call__(self, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off and websockets are disabled: nothing else is served
+            return
+        try:
+            answer = await self._answer(scope, receive)
+        except _Refused as refused:
+            answer = refused.answer
+        except Exception as exc:  # never up to the server: a sender always gets an OperationOutcome
+            log.error("fhir: unexpected %s at %s", type(exc).__name__, _where(exc))
+            answer = _outcome(500, "error", "exception", "the hub failed on this request; it was not accepted")
+        if answer is not None:
+            await _send(send, answer)
+
+    async def _answer(self, scope: Mapping[str, Any], receive: Receive) -> _Answer | None:
+        path = scope["path"].rstrip("/") or "/"
+        method = _ROUTES.get(path)
+        if method is None:
+            return _outcome(404, "error", "not-found", f"POST Bundles to {ROOT} or {PROCESS_MESSAGE}; no {path}")
+        if scope["method"] != method:
+            text = f"{path} takes {method}, not {scope['method']}"
+            return _outcome(405, "error", "not-supported", text, headers=(("allow", method),))
+        if path == METADATA:
+            return _Answer(200, self.capability)
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        client = scope.get("client")
+        peer = f"{client[0]}:{client[1]}" if client else None
+        institution = self._sender(headers.get("authorization"), peer)
+        _check_content_type(headers.get("content-type"))
+        raw = await self._body(headers.get("content-length"), receive)
+        if raw is None:
+            log.info("fhir: %s disconnected before its body arrived", institution.code)
+            return None
+        return await self._take(raw, institution.code, peer, messages_only=path == PROCESS_MESSAGE)
+
+    def _sender(self, authorization: str | None, peer: str | None) -> Institution:
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            log.warning("fhir: a request from %s without a bearer token", peer)
+            text = "send Authorization: Bearer <token>, with the token the consortium gave your institution"
+            raise _Refused(_outcome(401, "error", "login", text, headers=(("www-authenticate", "Bearer"),)))
+        institution = self.config.institution_by_token(token.strip())
+        if institution is None:
+            log.warning("fhir: a request from %s with an unknown token", peer)
+            challenge = 'Bearer error="invalid_token"'
+            text = "the bearer token belongs to no institution of this consortium"
+            raise _Refused(_outcome(401, "error", "security", text, headers=(("www-authenticate", challenge),)))
+        return institution
+
+    async def _body(self, declared: str | None, receive: Receive) -> bytes | None:
+        """The request body; refused as soon as it is known to exceed the limit, never buffered whole."""
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _Refused(self._too_large())
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _Refused(self._too_large())
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> _Answer:
+        return _outcome(413, "error", "too-costly", f"the body is over this hub's limit of {self.max_body_bytes} bytes")
+
+    async def _take(self, raw: bytes, origin: str, peer: str | None, *, messages_only: bool) -> _Answer:
+        """Read, then publish the exams or park the input; the answer says which, once it is confirmed."""
+        try:
+            if len(raw) > _OFF_LOOP_BYTES:
+                exams = await asyncio.to_thread(self._read, raw, origin, messages_only)
+            else:
+                exams = self._read(raw, origin, messages_only)
+        except AdapterError as exc:
+            places = ", ".join(p.location or "-" for p in exc.problems[:10])
+            log.warning("fhir: refused input from %s: %s at %s", origin, type(exc).__name__, places)
+            return await self._park(raw, exc, origin, peer) or _refused_outcome(exc)
+        except Exception as exc:  # a fault in the adapter: keep the input, answer 500
+            log.error("fhir: the adapter failed on input from %s: %s at %s", origin, type(exc).__name__, _where(exc))
+            fault = f"the hub's FHIR adapter failed ({type(exc).__name__})"
+            text = fault + "; the message is kept for repair, not accepted"
+            return await self._park(raw, fault, origin, peer) or _outcome(500, "error", "exception", text)
+        try:
+            accepted = await self.intake.accept(exams, raw)
+        except (BrokerError, OSError) as exc:  # OSError: the blob store could not keep the source
+            log.warning("fhir: %d exam(s) from %s not confirmed: %s", len(exams), origin, type(exc).__name__)
+            return _retry_later("the hub could not store the exams")
+        log.info("fhir: accepted %s from %s", " ".join(e.exam_id for e in accepted), origin)
+        return _Answer(202, _accepted_outcome(accepted))
+
+    def _read(self, raw: bytes, origin: str, messages_only: bool) -> list[Exam]:
+        if messages_only:
+            _require_message_bundle(raw)
+        return fhir.read(raw, origin=origin, centres=self.config.routing)
+
+    async def _park(self, raw: bytes, error: AdapterError | str, origin: str, peer: str | None) -> _Answer | None:
+        """Keep refused input with its reason: None once the broker has it, else the 503 to answer."""
+        try:
+            await self.intake.park(raw, error, format="fhir", origin=origin, peer=peer)
+        except (BrokerError, OSError) as exc:
+            log.warning("fhir: input from %s could not be parked: %s", origin, type(exc).__name__)
+            return _retry_later("the hub could not keep the message to tell you what is wrong with it")
+        return None
+
+
+def _check_content_type(value: str | None) -> None:
+    media, *parameters = (value or "").split(";")
+    options = {k.strip().lower(): v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in parameters)}
+    if (
+        media.strip().lower() in _MEDIA_TYPES
+        and options.get("charset", "utf-8") in ("utf-8", "utf8")
+        and options.get("fhirversion", "4.0").startswith("4.0")
+    ):
+        return
+    text = f"send FHIR R4 JSON as application/fhir+json; charset=utf-8, not {value or 'no Content-Type'}"
+    raise _Refused(_outcome(415, "error", "not-supported", text))
+
+
+def _require_message_bundle(raw: bytes) -> None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return  # the adapter says what is wrong with it, and where
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle" and data.get("type") == "message":
+        return
+    where = "Bundle.type" if isinstance(data, dict) and data.get("resourceType") == "Bundle" else "resourceType"
+    raise UnsupportedMessage(f"$process-message takes a message Bundle; POST other Bundles to {ROOT}", location=where)
+
+
+# -- OperationOutcomes
+
+
+def _issue(severity: str, code: str, text: str, location: str | None = None) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": text}
+    if location and location != "$":  # "$" is the whole body, which an issue without expression means
+        issue["expression"] = [location]
+    return issue
+
+
+def _outcome(status: int, severity: str, code: str, text: str, *, headers: tuple[tuple[str, str], ...] = ()) -> _Answer:
+    return _Answer(status, {"resourceType": "OperationOutcome", "issue": [_issue(severity, code, text)]}, headers)
+
+
+def _retry_later(text: str) -> _Answer:
+    return _outcome(
+        503,
+        "error",
+        "transient",
+        f"{text}; nothing was accepted: send it again in {RETRY_AFTER_SECONDS} s",
+        headers=(("retry-after", str(RETRY_AFTER_SECONDS)),),
+    )
+
+
+def _error_code(error: AdapterError) -> tuple[int, str]:
+    if isinstance(error, MissingField):
+        return 422, "required"
+    if isinstance(error, InvalidMessage):
+        return 422, "invalid"
+    if isinstance(error, UnsupportedMessage):
+        return 400, "not-supported"
+    if isinstance(error, DecodeError):
+        return 400, "structure"
+    return 400, "invalid"
+
+
+def _refused_outcome(error: AdapterError) -> _Answer:
+    """400 or 422 with one error issue per problem the adapter found, each with its FHIR path."""
+    status, code = _error_code(error)
+    issues = [_issue("error", code, p.message, p.location) for p in error.problems]
+    return _Answer(status, {"resourceType": "OperationOutcome", "issue": issues})
+
+
+def _accepted_outcome(exams: list[Exam]) -> dict[str, Any]:
+    """One information issue per accepted exam, then each distinct adapter notice as a warning."""
+    issues = [
+        _issue("information", "informational", f"exam {e.exam_id} accepted for the {e.centre} centre ({e.priority})")
+        for e in exams
+    ]
+    notices = dict.fromkeys((n.location, n.message) for e in exams for n in e.notices)
+    issues += [_issue("warning", "value", message, location) for location, message in notices]
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def _capability_statement(date: datetime) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date.isoformat(timespec="seconds"),
+        "kind": "instance",
+        "software": {"name": "consortium-hub"},
+        "implementation": {"description": "exam intake of the consortium hub (医共体共享诊断中心)"},
+        "fhirVersion": "4.0.1",
+        "format": sorted(_MEDIA_TYPES),
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "POST a Bundle to the base; each ServiceRequest becomes an exam for a centre",
+                "security": {"description": "Authorization: Bearer <token>; the token names the sending institution"},
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "operation": [
+                    {
+                        "name": "process-message",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
+                    }
+                ],
+            }
+        ],
+    }
+
+
+async def _send(send: Send, answer: _Answer) -> None:
+    body = json.dumps(answer.resource, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = [(b"content-type", _FHIR_JSON), (b"content-length", str(len(body)).encode())]
+    headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
+    try:
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except Exception as exc:  # the sender went away; it will send again
+        log.info("fhir: the answer %d was not delivered: %s", answer.status, type(exc).__name__)
+
+
+def _where(exc: BaseException) -> str:
+    """Where an exception was raised, without its message (which may hold patient data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+# -- uvicorn on the broker's loop
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn on a loop it does not own: the hub keeps its signals, and startup can be awaited."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # uvicorn would take SIGINT/SIGTERM (on the main thread) from the hub, which stops in order
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+
+class FhirListener:
+    """A running FHIR gateway; ``close`` finishes the requests in hand, then stops."""
+
+    def __init__(self, server: _EmbeddedServer, task: asyncio.Task[None], host: str, port: int) -> None:
+        self._server = server
+        self._task = task
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{ROOT}"
+
+    async def close(self) -> None:
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):  # a server that failed has logged why
+            await asyncio.shield(self._task)
+
+
+async def start_fhir(intake: Intake, config: Config, settings: FhirGateway) -> FhirListener:
+    """Serve the gateway on the running loop, which must be ``intake.broker.loop``."""
+    loop = asyncio.get_running_loop()
+    if loop is not intake.broker.loop:
+        raise RuntimeError("start_fhir runs on the broker's loop: asyncio.run_coroutine_threadsafe(..., broker.loop)")
+    app = FhirApp(intake, config, max_body_bytes=settings.max_body_bytes)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="off",
+        log_level="warning",
+        log_config=None,  # leave the process's logging alone
+        access_log=False,
+        ws="none",
+        interface="asgi3",
+        server_header=False,
+        timeout_graceful_shutdown=int(CONFIRM_TIMEOUT) + 5,  # a request in hand may wait that long for its confirm
+    )
+    server = _EmbeddedServer(uvicorn_config)
+    # Bound here, not by uvicorn: a port in use is then an OSError for the caller, where uvicorn
+    # would call sys.exit() inside a task on the broker's loop.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.create_server((settings.host, settings.port), family=family, backlog=uvicorn_config.backlog)
+    task = loop.create_task(_serve(server, sock), name="hub-fhir-gateway")
+    ready = loop.create_task(server.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if not server.ready.is_set():
+        ready.cancel()
+        sock.close()
+        task.result()  # raises why it stopped
+        raise RuntimeError("the FHIR gateway stopped before it started")
+    port = sock.getsockname()[1]
+    log.info("fhir: listening on %s:%d", settings.host, port)
+    return FhirListener(server, task, settings.host, port)
+
+
+async def _serve(server: _EmbeddedServer, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:  # uvicorn exits on some startup failures; that must not stop the broker's loop
+        log.error("fhir: uvicorn stopped (exit status %s)", exc.code)
+        raise RuntimeError(f"uvicorn stopped with exit status {exc.code}") from exc
+    except Exception as exc:
+        log.error("fhir: the gateway stopped: %s at %s", type(exc).__name__, _where(exc))
+        raise
