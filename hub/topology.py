@@ -16,6 +16,10 @@
       hub.reports.<institution> quorum  reports going back to one member  <- <institution>.*
     hub.events       topic    key <kind>.<centre>.<origin>: what happened to an exam and when
       hub.ledger                quorum  every event, for the exam ledger                <- #
+    hub.registry     fanout   a copy of every report, for the recognition registry
+      hub.registry              quorum  reports waiting to be recorded
+    hub.alerts       topic    key <kind>.<institution>.<centre>: critical values, SLA breaches, escalations
+      hub.alerts.<institution>  quorum  alerts one institution must see at once   <- *.<institution>.*
     hub.recognition  fanout   recognised results for every member (consumers bind their own queues)
 
 Work queues are quorum queues (RabbitMQ 3.10 quorum queues have no priorities, hence the STAT lane)
@@ -37,11 +41,13 @@ __all__ = [
     "DELIVERY_LIMIT",
     "EGRESS",
     "EVENTS",
+    "ALERTS",
     "EXAMS",
     "INTAKE",
     "LEDGER",
     "PARKED",
     "RECOGNITION",
+    "REGISTRY",
     "REPORTS",
     "RETRY_DELAYS",
     "STUDIES",
@@ -49,6 +55,8 @@ __all__ = [
     "Exchange",
     "Queue",
     "Topology",
+    "alert_queue",
+    "alert_routing_key",
     "exam_queue",
     "exam_routing_key",
     "parked_queue",
@@ -65,6 +73,8 @@ RECOGNITION = "hub.recognition"
 STUDIES = "hub.studies"
 EVENTS = "hub.events"
 LEDGER = "hub.ledger"
+REGISTRY = "hub.registry"
+ALERTS = "hub.alerts"
 Stage = Literal["intake", "egress"]  # parking keys beside the centres': unreadable input, undeliverable reports
 INTAKE: Final[Stage] = "intake"
 EGRESS: Final[Stage] = "egress"
@@ -101,6 +111,14 @@ def exam_routing_key(centre: Centre, priority: Priority, origin: str) -> str:
 
 def report_routing_key(origin: str, centre: Centre) -> str:
     return f"{origin}.{centre}"
+
+
+def alert_routing_key(kind: str, institution: str, centre: Centre) -> str:
+    return f"{kind}.{institution}.{centre}"
+
+
+def alert_queue(institution: str) -> str:
+    return f"{ALERTS}.{institution}"
 
 
 def exam_queue(centre: Centre) -> str:
@@ -165,6 +183,8 @@ class Topology:
         yield Exchange(STUDIES, "fanout")
         yield Exchange(REPORTS, "topic")
         yield Exchange(EVENTS, "topic")
+        yield Exchange(REGISTRY, "fanout")
+        yield Exchange(ALERTS, "topic")
         yield Exchange(RECOGNITION, "fanout")
 
     def queues(self) -> Iterator[Queue]:
@@ -178,7 +198,9 @@ class Topology:
         yield Queue(STUDIES, {"x-queue-type": "quorum"})
         for institution in self.institutions:
             yield Queue(report_queue(institution), {"x-queue-type": "quorum"})
+            yield Queue(alert_queue(institution), {"x-queue-type": "quorum"})
         yield Queue(LEDGER, {"x-queue-type": "quorum"})
+        yield Queue(REGISTRY, {"x-queue-type": "quorum"})
 
     def bindings(self) -> Iterator[Binding]:
         for centre in self.centres:
@@ -193,7 +215,9 @@ class Topology:
         yield Binding(STUDIES, STUDIES, "")
         for institution in self.institutions:
             yield Binding(REPORTS, report_queue(institution), f"{institution}.*")
+            yield Binding(ALERTS, alert_queue(institution), f"*.{institution}.*")
         yield Binding(EVENTS, LEDGER, "#")
+        yield Binding(REGISTRY, REGISTRY, "")
 
     def describe(self) -> str:
         """A table of the topology, as `hub topology show` prints it."""

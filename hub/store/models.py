@@ -1,0 +1,5 @@
+"""Every table of the store, imported in one place so Alembic and the tests see the whole schema."""
+
+from hub.store.db import Base
+
+__all__ = ["Base"]
