@@ -38,10 +38,10 @@ from typing import Any, Final, Literal, get_args
 from hub.envelope import Centre, Priority
 
 __all__ = [
+    "ALERTS",
     "DELIVERY_LIMIT",
     "EGRESS",
     "EVENTS",
-    "ALERTS",
     "EXAMS",
     "INTAKE",
     "LEDGER",

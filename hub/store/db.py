@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -61,8 +63,6 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to every head revision; a migrated database is left as it is."""
-        from alembic import command
-
         with self.engine.begin() as connection:
             config = _alembic_config(connection)
             command.upgrade(config, "heads")
@@ -89,9 +89,7 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _alembic_config(connection: Any) -> Any:
-    from alembic.config import Config as AlembicConfig
-
+def _alembic_config(connection: Any) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
