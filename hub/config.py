@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import os
 import tomllib
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ from hub.ids import valid_uscc
 
 __all__ = [
     "DEFAULT_SLA_MINUTES",
+    "AlertSettings",
     "CentreConfig",
     "Config",
     "DicomGateway",
@@ -34,6 +35,9 @@ __all__ = [
     "HubSettings",
     "Institution",
     "MllpGateway",
+    "QcPass",
+    "RecognitionItem",
+    "RecognitionSettings",
     "default_data_dir",
     "load_config",
     "parse_config",
@@ -168,11 +172,44 @@ class FhirGateway(_Section):
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
 
 
+class AlertSettings(_Section):
+    """Critical values (危急值) and SLA breaches: who must acknowledge, and when it escalates."""
+
+    escalate_after_minutes: Annotated[int, Field(gt=0)] = 15  # unacknowledged this long: escalate
+    escalate_to: str | None = None  # an institution code; default the lead hospital
+
+
+class RecognitionItem(_Section):
+    """One item of the mutual-recognition catalogue (检查检验结果互认项目)."""
+
+    code: str = Field(min_length=1)
+    system: str = Field(min_length=1)  # as the envelope carries it: http://loinc.org, or a local system
+    display: str = Field(min_length=1)
+    centre: Centre
+    valid_days: Annotated[int, Field(gt=0)]
+    mark: str | None = None  # printed on the result, e.g. 浙HR; default recognition.mark
+
+
+class QcPass(_Section):
+    """An institution has passed quality control (EQA) for an item, until a date."""
+
+    institution: str
+    item: str  # a catalogue item's code
+    valid_until: date
+
+
+class RecognitionSettings(_Section):
+    mark: str = "HR"
+    items: tuple[RecognitionItem, ...] = ()
+    qc: tuple[QcPass, ...] = ()
+
+
 class HubSettings(_Section):
     # Blobs and (later) the ledger. Relative paths start at the config file; unset, $HUB_DATA_DIR,
     # else $XDG_DATA_HOME/consortium-hub, else ~/.local/share/consortium-hub.
     data_dir: Path | None = None
     broker: str | None = None  # the CLI's --broker and $HUB_BROKER_URL come first
+    database: str | None = None  # SQLAlchemy URL of the ledger and registry; default sqlite in data_dir
     fsync: bool = True  # blobs reach the disk before a sender hears success
     events: bool = True  # publish ledger events (hub.events)
 
@@ -195,6 +232,8 @@ class Config(_Section):
     centres: dict[Centre, CentreConfig] = {}
     institutions: tuple[Institution, ...] = Field(min_length=1)
     routing: dict[str, Centre] = {}  # order code (OBR-4.1, ServiceRequest.code) -> centre
+    alerts: AlertSettings = AlertSettings()
+    recognition: RecognitionSettings = RecognitionSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -210,6 +249,14 @@ class Config(_Section):
                 if title in seen:
                     raise ValueError(f"AE title {title!r} belongs to both {seen[title]} and {institution.code}")
                 seen[title] = institution.code
+        if self.alerts.escalate_to is not None and self.alerts.escalate_to not in codes:
+            raise ValueError(f"alerts.escalate_to {self.alerts.escalate_to} is not among the institutions")
+        items = {item.code for item in self.recognition.items}
+        for n, passed in enumerate(self.recognition.qc):
+            if passed.institution not in codes:
+                raise ValueError(f"recognition.qc[{n}].institution {passed.institution} is not among the institutions")
+            if passed.item not in items:
+                raise ValueError(f"recognition.qc[{n}].item {passed.item} is not in recognition.items")
         tokens = [t for t in (i.token() for i in self.institutions) if t]
         if len(tokens) != len(set(tokens)):
             raise ValueError("two institutions share a FHIR token; each member needs its own")
@@ -218,6 +265,14 @@ class Config(_Section):
     @property
     def data_dir(self) -> Path:
         return self.hub.data_dir or default_data_dir()  # parse_config has made it absolute
+
+    @property
+    def database_url(self) -> str:
+        """The store's SQLAlchemy URL: hub.database, else a SQLite file in the data directory."""
+        return self.hub.database or f"sqlite:///{self.data_dir / 'hub.db'}"
+
+    def recognition_item(self, code: str, system: str | None = None) -> RecognitionItem | None:
+        return next((i for i in self.recognition.items if i.code == code and system in (None, i.system)), None)
 
     # -- lookups the gateways use
 

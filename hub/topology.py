@@ -20,7 +20,8 @@
       hub.registry              quorum  reports waiting to be recorded
     hub.alerts       topic    key <kind>.<institution>.<centre>: critical values, SLA breaches, escalations
       hub.alerts.<institution>  quorum  alerts one institution must see at once   <- *.<institution>.*
-    hub.recognition  fanout   recognised results for every member (consumers bind their own queues)
+    hub.recognition  fanout   recognised results for every member
+      hub.recognition.<institution>  quorum  the results one member may reuse (互认)
 
 Work queues are quorum queues (RabbitMQ 3.10 quorum queues have no priorities, hence the STAT lane)
 with an explicit delivery limit: a message that keeps killing its worker is dead-lettered to the
@@ -60,6 +61,7 @@ __all__ = [
     "exam_queue",
     "exam_routing_key",
     "parked_queue",
+    "recognition_queue",
     "report_queue",
     "report_routing_key",
     "retry_exchange",
@@ -119,6 +121,10 @@ def alert_routing_key(kind: str, institution: str, centre: Centre) -> str:
 
 def alert_queue(institution: str) -> str:
     return f"{ALERTS}.{institution}"
+
+
+def recognition_queue(institution: str) -> str:
+    return f"{RECOGNITION}.{institution}"
 
 
 def exam_queue(centre: Centre) -> str:
@@ -199,6 +205,7 @@ class Topology:
         for institution in self.institutions:
             yield Queue(report_queue(institution), {"x-queue-type": "quorum"})
             yield Queue(alert_queue(institution), {"x-queue-type": "quorum"})
+            yield Queue(recognition_queue(institution), {"x-queue-type": "quorum"})
         yield Queue(LEDGER, {"x-queue-type": "quorum"})
         yield Queue(REGISTRY, {"x-queue-type": "quorum"})
 
@@ -216,6 +223,7 @@ class Topology:
         for institution in self.institutions:
             yield Binding(REPORTS, report_queue(institution), f"{institution}.*")
             yield Binding(ALERTS, alert_queue(institution), f"*.{institution}.*")
+            yield Binding(RECOGNITION, recognition_queue(institution), "")
         yield Binding(EVENTS, LEDGER, "#")
         yield Binding(REGISTRY, REGISTRY, "")
 
