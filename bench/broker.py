@@ -37,7 +37,7 @@ from hub.broker import Broker, Message, connect
 from hub.envelope import Coding, Exam, Patient, Source
 from hub.ids import derive_exam_id
 from hub.publish import asubmit, exam_message, submit_async
-from hub.topology import Topology, exam_queue, stat_queue
+from hub.topology import LEDGER, Topology, exam_queue, stat_queue
 from hub.worker import Worker
 
 AMQP = os.environ.get("HUB_BENCH_AMQP_URL", "amqp://guest:guest@localhost:5672")
@@ -170,7 +170,7 @@ def raw_pika_consume(url: str, queue: str, count: int, prefetch: int) -> float:
     return rate
 
 
-def hub_worker_consume(broker: Broker, count: int, prefetch: int) -> float:
+def hub_worker_consume(broker: Broker, count: int, prefetch: int, events: bool) -> float:
     handled = [0]
     done = threading.Event()
     lock = threading.Lock()
@@ -181,7 +181,7 @@ def hub_worker_consume(broker: Broker, count: int, prefetch: int) -> float:
             if handled[0] == count:
                 done.set()
 
-    worker = Worker(broker, "lab", noop, concurrency=1, prefetch=prefetch)
+    worker = Worker(broker, "lab", noop, concurrency=1, prefetch=prefetch, events=events)
     start = time.perf_counter()
     worker.start()
     done.wait()
@@ -274,16 +274,22 @@ def main() -> None:
                   f"{'':>35}{median_ratio(threaded, raw):>5.2f}x            "
                   f"(submit_async, as workers and the DICOM SCP publish; not judged)")  # fmt: skip
 
-            raw_c, ours_c = [], []
+            raw_c, ours_c, evented = [], [], []
             for _ in range(args.rounds):
                 fill_queue(broker, args.messages)
                 raw_c.append(raw_pika_consume(url, lab, args.messages, args.prefetch))
                 fill_queue(broker, args.messages)
-                ours_c.append(hub_worker_consume(broker, args.messages, args.prefetch))
+                ours_c.append(hub_worker_consume(broker, args.messages, args.prefetch, events=False))
+                fill_queue(broker, args.messages)
+                evented.append(hub_worker_consume(broker, args.messages, args.prefetch, events=True))
+                purge(url, LEDGER)
             ratio = median_ratio(ours_c, raw_c)
             print(f"  worker consume+ack, no-op     {median(ours_c):>9,.0f}/s   raw pika consume+ack    "
                   f"{median(raw_c):>9,.0f}/s   {ratio:>5.2f}x   >=0.8x   {verdict(ratio >= 0.8)}  "
-                  f"(prefetch {args.prefetch})")  # fmt: skip
+                  f"(prefetch {args.prefetch}, events=False)")  # fmt: skip
+            print(f"    publishing exam.in_reading  {median(evented):>9,.0f}/s   "
+                  f"{'':>35}{median_ratio(evented, raw_c):>5.2f}x            "
+                  f"(the default: one ledger event per exam, confirmed before its ack; not judged)")  # fmt: skip
 
             purge(url, lab, stat_queue("lab"))
             empty = stat_latencies(broker, args.stats, 10_000_000)

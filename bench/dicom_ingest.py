@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import uuid
@@ -70,12 +71,20 @@ def make_instances(folder: Path, count: int) -> list[Path]:
     return files
 
 
+def dcmtk(tool: str) -> str | None:
+    """DCMTK's ``tool``; pynetdicom puts Python apps of the same names in the environment's own bin."""
+    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    return shutil.which(tool, path=os.pathsep.join(p for p in folders if p and Path(p).resolve() != scripts))
+
+
 def storescu(port: int, called: str, files: list[Path], *, nodelay: bool) -> float:
     """Images per second of one storescu association sending ``files``."""
     env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
     if nodelay:
         env["TCP_NODELAY"] = "1"
-    command = ["storescu", "-aet", CALLING, "-aec", called, "127.0.0.1", str(port), *map(str, files)]
+    tool = dcmtk("storescu") or "storescu"
+    command = [tool, "-aet", CALLING, "-aec", called, "127.0.0.1", str(port), *map(str, files)]
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -186,7 +195,7 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true", help="also the hub without TCP_QUICKACK")
     args = parser.parse_args()
     for tool in ("storescu", "Orthanc", "rabbitmqctl"):
-        if shutil.which(tool) is None:
+        if dcmtk(tool) is None:
             raise SystemExit(f"{tool} is not on PATH (Debian: dcmtk, orthanc, rabbitmq-server)")
     logging.basicConfig(level=logging.WARNING)
     vhost, url = scratch_vhost()

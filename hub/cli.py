@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hub.broker import Broker
@@ -267,14 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
         "reports back.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_running(commands)
+    _add_store_and_tools(commands)
+    return parser
 
+
+def _add_running(commands: Any) -> None:
+    """The commands that run the hub: demo, serve, worker, replay, reports."""
     demo = commands.add_parser("demo", help="run the sample consortium end to end and show what happens")
     demo.add_argument("--messages", type=Path, help="folder of sample messages (default: the shipped examples)")
     _add_common(demo)
     demo.set_defaults(run=_cmd_demo)
 
-    serve = commands.add_parser("serve", help="run the configured gateways (MLLP, DICOM, FHIR) and report egress")
-    serve.add_argument("--only", metavar="LIST", help="a subset, comma-separated: mllp,dicom,fhir,egress")
+    serve = commands.add_parser(
+        "serve", help="run the configured gateways (MLLP, DICOM, FHIR), report egress, the ledger and the registry"
+    )
+    serve.add_argument(
+        "--only", metavar="LIST", help="a subset, comma-separated: ledger,registry,mllp,dicom,fhir,egress"
+    )
     _add_common(serve)
     serve.set_defaults(run=_cmd_serve)
 
@@ -314,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pull)
     pull.set_defaults(run=_cmd_reports_pull)
 
+
+def _add_store_and_tools(commands: Any) -> None:
+    """Topology, the ledger and registry commands, and the adapter tools."""
     topology = commands.add_parser("topology", help="show the hub's exchanges and queues, or declare them")
     topology.add_argument("action", choices=["show", "declare"])
     topology.add_argument(
@@ -326,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(topology)
     topology.set_defaults(run=_cmd_topology)
 
+    from hub.ledger_cli import add_commands as add_ledger_commands
+    from hub.recognition_cli import add_commands as add_recognition_commands
+
+    add_ledger_commands(commands, _add_common)
+    add_recognition_commands(commands, _add_common)
+
     read = commands.add_parser("read", help="decode message files into exam envelopes (JSON on stdout)")
     read.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     read.add_argument("--format", choices=["hl7v2", "fhir", "dicom"], help="default: detected from the bytes")
@@ -337,7 +356,6 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("action", choices=["write", "check"])
     schemas.add_argument("--dir", type=Path, default=Path("schemas"))
     schemas.set_defaults(run=_cmd_schemas)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,9 +6,13 @@ broker, and it says which. It starts the hub from ``examples/consortium.toml``
 (every port 0, a temporary data directory), stand-in member systems that take
 reports, and the example workers from ``examples/workers``. Then it replays
 ``examples/messages`` through the real gateways (MLLP, FHIR, DICOM C-STORE),
-waits for every report to be delivered (or pulled), and prints exam -> report
--> delivery with turnaround times. Exit status 0 means every sample did what it
-should: good ones delivered, ``bad-*`` ones refused with a located error.
+waits until the ledger has every report delivered (or pulled), and prints exam
+-> report -> delivery with turnaround times. It ends with what the hub
+remembered: what the recognition registry made of each report, a lookup that
+saves a re-test and the same lookup after the result's validity has run out,
+each critical value's alert acknowledged at its origin, and the SLA table.
+Exit status 0 means everything did what it should: good samples delivered,
+``bad-*`` ones refused with a located error, the lookups as described.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -30,18 +35,22 @@ from urllib.parse import urlsplit
 
 import adapters
 from adapters import hl7v2
-from hub.broker import DEFAULT_URL, Broker, Delivery, connect, wait
+from hub.broker import DEFAULT_URL, Broker, connect, wait
 from hub.config import Config, Egress, load_config
 from hub.envelope import Exam, Report
 from hub.errors import AdapterError, BrokerError
-from hub.events import Event
+from hub.ledger_cli import print_sla
 from hub.loop import LoopThread
 from hub.members import FhirReceiver, MllpReceiver
 from hub.pull import pull_reports
+from hub.recognition_cli import print_lookup
 from hub.replay import Outcome, Targets, replay
 from hub.resources import data_dir
 from hub.serve import Hub
-from hub.topology import LEDGER, parked_queue
+from hub.store.alerts import AlertRecord, Alerts
+from hub.store.ledger import ExamRecord, Ledger
+from hub.store.recognition import RecordOutcome, Registry, recognition_day
+from hub.topology import parked_queue
 from hub.worker import Worker
 
 __all__ = ["choose_broker", "run_demo", "sample_files"]
@@ -82,21 +91,10 @@ class _Row:
 
 @dataclass
 class _Progress:
-    """What the ledger and the workers said, keyed by exam id."""
+    """What the workers' handlers returned, keyed by exam id (None: accepted for human reading)."""
 
-    accepted: dict[str, Event] = field(default_factory=dict)
-    delivered: dict[str, Event] = field(default_factory=dict)
     reports: dict[str, Report | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def on_event(self, delivery: Delivery) -> None:
-        event = Event.decode(delivery.body)
-        with self.lock:
-            if event.kind == "exam.accepted":
-                self.accepted.setdefault(event.exam_id, event)
-            elif event.kind == "report.delivered":
-                self.delivered.setdefault(event.exam_id, event)
-        delivery.ack()
 
     def handled(self, handler: Callable[[Exam], Report | None]) -> Callable[[Exam], Report | None]:
         def recorded(exam: Exam) -> Report | None:
@@ -199,8 +197,9 @@ def _run(folder: Path, out: TextIO, broker: Broker, members: LoopThread, tmp: Pa
         Worker(broker, "imaging", progress.handled(imaging.read_imaging), concurrency=2),
         Worker(broker, "pathology", progress.handled(imaging.await_pathologist), concurrency=1),
     ]
-    ledger = broker.consume(LEDGER, progress.on_event, prefetch=500)
     try:
+        assert hub.database is not None and hub.registry is not None  # Hub starts every piece by default
+        ledger = Ledger(hub.database, config)
         for worker in workers:
             worker.start()
         out.write(
@@ -227,13 +226,19 @@ def _run(folder: Path, out: TextIO, broker: Broker, members: LoopThread, tmp: Pa
             )
             for p, o in zip(paths, outcomes, strict=True)
         ]
-        pulled = _await_reports(broker, config, rows, progress, tmp / "pulled")
+        _await_reports(broker, config, rows, progress, ledger, tmp / "pulled")
         elapsed = time.monotonic() - started
-        return _print(out, rows, progress, pulled, elapsed, broker.message_count(parked_queue("intake")))
+        wrong = _print(out, rows, progress, ledger, elapsed, broker.message_count(parked_queue("intake")))
+        reports = [(row, exam, r) for row in rows for exam in row.exams if (r := progress.reports.get(exam.exam_id))]
+        wrong += _show_recognition(out, config, reports, hub.registry)
+        wrong += _show_alerts(out, config, reports, Alerts(hub.database, config))
+        out.write("\nturnaround by member and centre, from queued to first report (hub sla report):\n")
+        print_sla(config, ledger.sla_report(), out, indent="  ")
+        out.write(f"\n{wrong} unexpected\n")
+        return 1 if wrong or not rows else 0
     finally:
         for worker in workers:
             worker.stop(10)
-        ledger.cancel()
         hub.stop()
         for mllp_member in mllp_members.values():
             wait(members.run(mllp_member.close()))
@@ -242,32 +247,41 @@ def _run(folder: Path, out: TextIO, broker: Broker, members: LoopThread, tmp: Pa
             broker.delete(hub.topology)
 
 
-def _await_reports(broker: Broker, config: Config, rows: list[_Row], progress: _Progress, pulled: Path) -> set[str]:
-    """Wait until each expected exam has its report delivered, pulled, or is with a human reader."""
-    pull_members = [i for i in config.members if i.egress.kind == "pull"]
-    expected = {e.exam_id for row in rows for e in row.exams}
-    taken: set[str] = set()
-    deadline = time.monotonic() + _WAIT
-    while time.monotonic() < deadline:
-        for member in pull_members:
-            taken.update(p.exam_id for p in pull_reports(broker, member, pulled, format="hl7v2"))
-        with progress.lock:
-            human = {exam_id for exam_id, report in progress.reports.items() if report is None}
-            done = set(progress.delivered) | human | taken
-        if expected <= done:
-            break
+def _until(done: Callable[[], bool], seconds: float = _WAIT) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.2)
-    return taken
+    return True
 
 
-def _print(out: TextIO, rows: list[_Row], progress: _Progress, pulled: set[str], elapsed: float, parked: int) -> int:
+def _await_reports(
+    broker: Broker, config: Config, rows: list[_Row], progress: _Progress, ledger: Ledger, pulled: Path
+) -> None:
+    """Wait until the ledger has each expected exam delivered (or pulled), or it is with a human reader."""
+    pull_members = [i for i in config.members if i.egress.kind == "pull"]
+    waiting = {e.exam_id for row in rows for e in row.exams}
+
+    def settled() -> bool:
+        for member in pull_members:
+            pull_reports(broker, member, pulled, format="hl7v2")
+        with progress.lock:
+            waiting.difference_update(exam_id for exam_id, report in progress.reports.items() if report is None)
+        waiting.difference_update({e for e in waiting if (r := ledger.exam(e)) is not None and r.delivered_at})
+        return not waiting
+
+    _until(settled)
+
+
+def _print(out: TextIO, rows: list[_Row], progress: _Progress, ledger: Ledger, elapsed: float, parked: int) -> int:
     width = max((len(r.sample) for r in rows), default=10)
     wrong = 0
     for row in rows:
         as_expected = row.outcome.accepted != row.expect_reject
         lines = [f"{row.outcome.via}: {row.outcome.detail}"[:110]] if not row.outcome.accepted else []
         for exam in row.exams:
-            line, ok = _exam_line(exam, progress, pulled)
+            line, ok = _exam_line(exam, progress, ledger.exam(exam.exam_id))
             lines.append(line)
             as_expected = as_expected and ok
         wrong += not as_expected
@@ -282,13 +296,11 @@ def _print(out: TextIO, rows: list[_Row], progress: _Progress, pulled: set[str],
         f"hub.parked.intake: {parked}), {wrong} unexpected; {elapsed:.1f} s from first send to last "
         f"delivery\n"
     )
-    return 1 if wrong or not rows else 0
+    return wrong
 
 
-def _exam_line(exam: Exam, progress: _Progress, pulled: set[str]) -> tuple[str, bool]:
+def _exam_line(exam: Exam, progress: _Progress, record: ExamRecord | None) -> tuple[str, bool]:
     with progress.lock:
-        accepted = progress.accepted.get(exam.exam_id)
-        delivered = progress.delivered.get(exam.exam_id)
         report: Any = progress.reports.get(exam.exam_id, "none")
     what = f"{exam.centre}/{exam.priority} {exam.service.display or exam.service.code}"
     if report is None:
@@ -296,9 +308,92 @@ def _exam_line(exam: Exam, progress: _Progress, pulled: set[str]) -> tuple[str, 
     if report == "none":
         return f"{what} -> no report yet", False
     status = f"{report.status}{' 危急值' if report.critical else ''}"
-    if delivered is not None and accepted is not None:
-        turnaround = (delivered.at - accepted.at).total_seconds() * 1000
-        return f"{what} -> {status} -> {delivered.endpoint} {delivered.detail} in {turnaround:.0f} ms", True
-    if exam.exam_id in pulled:
-        return f"{what} -> {status} -> pulled by the member", True
-    return f"{what} -> {status} -> not delivered", False
+    if record is None or record.delivered_at is None:
+        return f"{what} -> {status} -> not delivered", False
+    delivered = next(t for t in reversed(record.transitions) if t.transition == "delivered")
+    turnaround = (record.delivered_at - (record.received_at or record.delivered_at)).total_seconds() * 1000
+    return f"{what} -> {status} -> {delivered.endpoint} {delivered.detail} in {turnaround:.0f} ms", True
+
+
+def _show_recognition(out: TextIO, config: Config, reports: list[tuple[_Row, Exam, Report]], registry: Registry) -> int:
+    """What the registry made of each report, then a lookup that saves a re-test and one that does not."""
+    outcomes: dict[str, RecordOutcome] = {}
+
+    def seen() -> bool:
+        for _, _, report in reports:
+            if report.report_id not in outcomes and (outcome := registry.outcome(report.report_id)) is not None:
+                outcomes[report.report_id] = outcome
+        return len(outcomes) == len(reports)
+
+    wrong = 0 if _until(seen) else 1
+    out.write("\nmutual recognition (检查检验结果互认): what the registry made of each report\n")
+    width = max((len(row.sample) for row, _, _ in reports), default=10)
+    recognised = []
+    for row, exam, report in reports:
+        outcome = outcomes.get(report.report_id)
+        if outcome is None:
+            line = "!! not seen by the registry"
+        elif outcome.result is not None:
+            result = outcome.result
+            recognised.append(result)
+            line = f"[{result.mark}] recognised, valid {result.valid_from} to {result.valid_until}"
+        else:
+            line = f"not recognised: {outcome.reason}"
+        out.write(f"  {row.sample:<{width}}  {exam.service.display or exam.service.code}: {line}\n")
+    if not recognised:
+        return wrong
+    result = min(recognised, key=lambda r: r.valid_until)  # the soonest to expire shows both lookups
+    item, display = (result.item.system or "", result.item.code), result.item.display or result.item.code
+    clinician = next((m for m in config.members if m.code != result.origin), config.members[0])
+    who = f"demo: a clinician at {clinician.code}"
+    patient = _masked(result.national_id)
+    today = recognition_day()
+    out.write(f"\na clinician at {clinician.name} orders {display} for patient {patient} on {today} (lookup):\n")
+    found = registry.lookup(national_id=result.national_id, item=item, as_of=today, who=who, via="demo")
+    print_lookup(found, display, out, indent="  ")
+    out.write("  -> recognised: no re-test, the result is reused\n" if found.results else "  !! nothing found\n")
+    later = result.valid_until + timedelta(days=1)
+    out.write(f"\nthe same order on {later}, after the {display} validity window:\n")
+    expired = registry.lookup(national_id=result.national_id, item=item, as_of=later, who=who, via="demo")
+    print_lookup(expired, display, out, indent="  ")
+    out.write("  -> the patient is re-tested\n" if expired.reason == "expired" else "  !! expected expired\n")
+    return wrong + (not found.results) + (expired.reason != "expired")
+
+
+def _show_alerts(out: TextIO, config: Config, reports: list[tuple[_Row, Exam, Report]], alerts: Alerts) -> int:
+    """Each critical report's alert to its origin, acknowledged there, as the origin's duty doctor would."""
+    critical = {exam.exam_id for _, exam, report in reports if report.critical}
+    if not critical:
+        return 0
+    found: dict[str, AlertRecord] = {}
+
+    def raised() -> bool:
+        found.update({a.exam_id: a for a in alerts.alerts(open_only=True, limit=1000) if a.kind == "critical"})
+        return critical <= set(found)
+
+    wrong = 0 if _until(raised) else 1
+    minutes = config.alerts.escalate_after_minutes
+    out.write(
+        f"\ncritical values (危急值): each origin is alerted at once on hub.alerts.<origin> and must acknowledge;"
+        f" unacknowledged, an alert escalates after {minutes} min\n"
+    )
+    for exam_id in sorted(critical):
+        alert = found.get(exam_id)
+        if alert is None:
+            out.write(f"  !! exam {exam_id}: no critical alert\n")
+            continue
+        origin = config.institution(alert.origin)
+        name = origin.name if origin else alert.origin
+        acked = alerts.acknowledge(alert.alert_id, by=f"demo: duty doctor at {alert.origin}")
+        after = (acked.acknowledged_at - alert.raised_at).total_seconds() if acked and acked.acknowledged_at else None
+        out.write(
+            f"  {alert.alert_id} exam {exam_id} ({alert.critical_count} critical value(s)) to {name}: "
+            + (f"acknowledged {after:.1f} s after it was raised\n" if after is not None else "!! not acknowledged\n")
+        )
+        wrong += after is None
+    return wrong
+
+
+def _masked(national_id: str) -> str:
+    """The form staff see on screen: region and the last four, never the whole number."""
+    return f"{national_id[:6]}{'*' * (len(national_id) - 10)}{national_id[-4:]}"

@@ -1,13 +1,15 @@
-"""The lead hospital's side of the hub, assembled from the config: gateways, study assembly, egress.
+"""The lead hospital's side of the hub, assembled from the config.
 
     hub = Hub(config, broker)
-    hub.start()              # declares the topology, then listens; from the main thread
+    hub.start()              # declares the topology and migrates the store, then listens
     hub.ports                # {"mllp": 2575, "dicom": 11112, "fhir": 8080}
     hub.stop()
 
-The MLLP and FHIR gateways run on the broker's own loop, so their publishes
-cost no thread hop; the DICOM SCP runs on pynetdicom's threads. Each piece is
-its own module under ``hub.gateways``; this one only starts and stops them.
+The pieces: the ledger (events -> exam states, SLA clocks, alerts) and the
+recognition registry (report copies -> recognised results) on the store; the
+MLLP and FHIR gateways on the broker's own loop, so their publishes cost no
+thread hop; the DICOM SCP on pynetdicom's threads with its study assembly; and
+report egress. Each is its own module; this one only starts and stops them.
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ from hub.gateways.http import start_fhir
 from hub.gateways.mllp import start_mllp
 from hub.gateways.studies import StudyAssembler
 from hub.intake import Intake
+from hub.ledger_service import LedgerService
+from hub.registry_service import RegistryService
 from hub.store.blobs import BlobStore
+from hub.store.db import Database, open_database
+from hub.store.recognition import Registry
 from hub.topology import RETRY_DELAYS, Topology
 
 __all__ = ["GATEWAYS", "Gateway", "Hub", "topology_for"]
 
 log = logging.getLogger("hub.serve")
 
-Gateway = Literal["mllp", "dicom", "fhir", "egress"]
-GATEWAYS: tuple[Gateway, ...] = ("mllp", "dicom", "fhir", "egress")
+Gateway = Literal["ledger", "registry", "mllp", "dicom", "fhir", "egress"]
+GATEWAYS: tuple[Gateway, ...] = ("ledger", "registry", "mllp", "dicom", "fhir", "egress")
 
 
 def topology_for(config: Config, retry_delays: Iterable[int] = RETRY_DELAYS) -> Topology:
@@ -58,6 +64,8 @@ class Hub:
         self.blobs = BlobStore(config.data_dir / "blobs", fsync=config.hub.fsync)
         self.intake = Intake(broker, self.blobs, events=config.hub.events)
         self.ports: dict[str, int] = {}
+        self.database: Database | None = None
+        self.registry: Registry | None = None
         self._egress_retry_delays = egress_retry_delays
         self._running: list[tuple[str, Any]] = []
 
@@ -65,11 +73,13 @@ class Hub:
         self.broker.declare(self.topology)
         settings = self.config.gateways
         try:
+            self._start_store()
             if "mllp" in self.gateways and settings.mllp is not None:
                 listener = self._on_loop(start_mllp(self.intake, self.config, settings.mllp))
                 self._started("mllp", listener, listener.port)
             if "fhir" in self.gateways and settings.fhir is not None:
-                listener = self._on_loop(start_fhir(self.intake, self.config, settings.fhir))
+                search = start_fhir(self.intake, self.config, settings.fhir, registry=self.registry)
+                listener = self._on_loop(search)
                 self._started("fhir", listener, listener.port)
             if "dicom" in self.gateways and settings.dicom is not None:
                 listener = start_dicom(self.intake, self.config, settings.dicom)
@@ -87,6 +97,22 @@ class Hub:
             self.stop()
             raise
 
+    def _start_store(self) -> None:
+        if not {"ledger", "registry"} & set(self.gateways):
+            return
+        self.database = open_database(self.config.database_url)
+        self.database.migrate()
+        log.info("store at %s", self.database.url)
+        if "ledger" in self.gateways:
+            ledger = LedgerService(self.broker, self.database, self.config)
+            ledger.start()
+            self._started("ledger", ledger, None)
+        if "registry" in self.gateways:
+            registry = RegistryService(self.broker, self.database, self.config)
+            registry.start()
+            self.registry = registry.registry
+            self._started("registry", registry, None)
+
     def _on_loop(self, coroutine: Any) -> Any:
         return wait(asyncio.run_coroutine_threadsafe(coroutine, self.broker.loop))
 
@@ -97,7 +123,7 @@ class Hub:
             log.info("%s gateway listening on port %d", name, port)
 
     def stop(self) -> None:
-        """Stop taking input first, then let assembly and egress finish what they hold."""
+        """Stop each piece in the order it started; what a piece holds unsettled goes back to its queue."""
         for name, piece in self._running:
             try:
                 closing = piece.close() if hasattr(piece, "close") else piece.stop()
@@ -107,3 +133,6 @@ class Hub:
                 log.warning("stopping %s failed: %s", name, exc)
         self._running.clear()
         self.ports.clear()
+        if self.database is not None:
+            self.database.close()
+            self.database = None

@@ -15,6 +15,12 @@ duplicate report with the same report_id, never a lost one.
 The STAT lane and the routine lane feed one local buffer that always hands
 out STAT exams first. Handlers run on the worker's own threads, never on the
 broker's I/O thread, so a long read does not starve heartbeats.
+
+For the ledger the worker publishes ``exam.in_reading`` as a handler starts
+(nothing waits for its confirm but the exam's ack), the report's
+whole fan-out (``hub.publish.submit_report_async``: report, registry copy,
+``report.issued``, critical alert) and ``exam.parked`` when it parks an exam.
+``events=False`` leaves out the two exam events and ``report.issued``.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.broker import Broker, Delivery, Message, Subscription, wait
+from hub.broker import CONFIRM_TIMEOUT, Broker, Delivery, Message, Subscription
 from hub.envelope import Centre, Exam, Report
-from hub.errors import BrokerError, EnvelopeError, Unroutable
-from hub.publish import report_message
+from hub.errors import EnvelopeError, Unroutable
+from hub.events import EventKind, event_message, exam_event
+from hub.publish import all_confirmed, submit_report_async
 from hub.topology import PARKED, RETRY_DELAYS, exam_queue, retry_exchange, stat_queue
 
 __all__ = ["Handler", "Reject", "Retry", "Worker"]
@@ -65,6 +73,7 @@ class Worker:
         concurrency: int = 4,
         prefetch: int | None = None,
         retry_delays: Sequence[int] = RETRY_DELAYS,
+        events: bool = True,
     ) -> None:
         self.broker = broker
         self.centre = centre
@@ -72,11 +81,14 @@ class Worker:
         self.concurrency = concurrency
         self.prefetch = prefetch if prefetch is not None else 2 * concurrency
         self.retry_delays = tuple(retry_delays)
+        self.events = events
         self._buffer: queue.PriorityQueue[tuple[int, int, Delivery]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscriptions: list[Subscription] = []
+        self._owed = threading.Condition()
+        self._owed_count = 0
 
     # -- lifecycle
 
@@ -101,8 +113,14 @@ class Worker:
     def stop(self, timeout: float | None = None) -> None:
         """Finish the exams in hand, settle them, then stop; exams not started go back to the queue."""
         self._stopping.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._owed:
+            self._owed.wait_for(
+                lambda: self._owed_count == 0,
+                CONFIRM_TIMEOUT if deadline is None else max(0.0, deadline - time.monotonic()),
+            )
         for subscription in self._subscriptions:
             subscription.cancel()
         self._subscriptions.clear()
@@ -136,42 +154,52 @@ class Worker:
         try:
             exam = Exam.decode(delivery.body)
         except EnvelopeError as exc:
-            self._park_or_requeue(delivery, "undecodable envelope", exc)
+            self._park_or_requeue(delivery, None, "undecodable envelope", exc, [])
             return
+        started = [self._event("exam.in_reading", exam)] if self.events else []
         try:
             report = self.handler(exam)
         except Reject as exc:
-            self._park_or_requeue(delivery, "rejected by handler", exc)
+            self._park_or_requeue(delivery, exam, "rejected by handler", exc, started)
         except Retry as exc:
-            self._retry_or_park(delivery, exc, exc.delay)
+            self._retry_or_park(delivery, exam, exc, exc.delay, started)
         except Exception as exc:
             log.warning("handler failed on exam %s: %s", exam.exam_id, type(exc).__name__)
-            self._retry_or_park(delivery, exc, None)
+            self._retry_or_park(delivery, exam, exc, None, started)
         else:
-            try:
-                if report is not None:
-                    wait(self.broker.publish(report_message(report)))
-            except Unroutable as exc:  # no report queue for this member: a configuration fault
-                self._park_or_requeue(delivery, "report unroutable", exc)
-                return
-            except BrokerError as exc:
-                log.warning("report for exam %s not confirmed (%s); the exam goes back", exam.exam_id, exc)
-                delivery.reject(requeue=True)
-                return
-            delivery.ack()
+            if report is not None:
+                started.append(submit_report_async(self.broker, report, events=self.events))
+            self._when_confirmed(started, lambda error: self._after_report(delivery, exam, error))
 
-    def _retry_or_park(self, delivery: Delivery, error: BaseException, delay: float | None) -> None:
+    def _after_report(self, delivery: Delivery, exam: Exam, error: BaseException | None) -> None:
+        if error is None:
+            delivery.ack()
+        elif isinstance(error, Unroutable):  # no report or alert queue for this member: a configuration fault
+            self._park_or_requeue(delivery, exam, "report unroutable", error, [])
+        else:
+            log.warning("report for exam %s not confirmed (%s); the exam goes back", exam.exam_id, error)
+            delivery.reject(requeue=True)
+
+    def _event(self, kind: EventKind, exam: Exam, detail: str | None = None) -> Future[None]:
+        return self.broker.publish(event_message(exam_event(kind, exam, datetime.now(UTC), detail=detail)))
+
+    def _retry_or_park(
+        self, delivery: Delivery, exam: Exam, error: BaseException, delay: float | None, pending: list[Future[None]]
+    ) -> None:
         attempt = _attempt(delivery)
         if attempt >= len(self.retry_delays):
-            self._park_or_requeue(delivery, f"failed after {attempt + 1} attempts", error)
+            self._park_or_requeue(delivery, exam, f"failed after {attempt + 1} attempts", error, pending)
             return
         wanted = self.retry_delays[attempt] if delay is None else delay
         queue_delay = next((d for d in self.retry_delays if d >= wanted), self.retry_delays[-1])
         headers = {**delivery.headers, ATTEMPT: attempt + 1, "x-hub-last-error": _describe(error)}
-        self._forward(delivery, Message(retry_exchange(queue_delay), delivery.routing_key, delivery.body,
-                                        message_id=delivery.message_id, headers=_clean(headers)))  # fmt: skip
+        retry = Message(retry_exchange(queue_delay), delivery.routing_key, delivery.body,
+                        message_id=delivery.message_id, headers=_clean(headers))  # fmt: skip
+        self._forward(delivery, [self.broker.publish(retry), *pending])
 
-    def _park_or_requeue(self, delivery: Delivery, reason: str, error: BaseException) -> None:
+    def _park_or_requeue(
+        self, delivery: Delivery, exam: Exam | None, reason: str, error: BaseException, pending: list[Future[None]]
+    ) -> None:
         headers = {
             **delivery.headers,
             "x-hub-park-reason": reason,
@@ -181,19 +209,47 @@ class Worker:
             "x-hub-routing-key": delivery.routing_key,
         }
         log.warning("parking exam %s: %s", delivery.message_id, reason)
-        self._forward(delivery, Message(PARKED, self.centre, delivery.body, message_id=delivery.message_id,
-                                        headers=_clean(headers)))  # fmt: skip
+        parked = Message(PARKED, self.centre, delivery.body, message_id=delivery.message_id, headers=_clean(headers))
+        futures = [self.broker.publish(parked), *pending]
+        if exam is not None and self.events:
+            futures.append(self._event("exam.parked", exam, reason))
+        self._forward(delivery, futures)
 
-    def _forward(self, delivery: Delivery, message: Message) -> None:
-        """Publish ``message`` in place of ``delivery``; ack only once it is confirmed."""
-        try:
-            wait(self.broker.publish(message))
-        except BrokerError as exc:
-            log.warning("could not move exam %s (%s); it goes back to its queue", delivery.message_id, exc)
-            time.sleep(0.5)
-            delivery.reject(requeue=True)
-            return
-        delivery.ack()
+    def _forward(self, delivery: Delivery, futures: list[Future[None]]) -> None:
+        """Ack ``delivery`` once everything published in its place is confirmed; else it goes back."""
+
+        def settle(error: BaseException | None) -> None:
+            if error is None:
+                delivery.ack()
+                return
+            log.warning("could not move exam %s (%s); it goes back to its queue", delivery.message_id, error)
+            # Not at once: a broker that refuses now would hand it straight back.
+            timer = threading.Timer(0.5, delivery.reject, kwargs={"requeue": True})
+            timer.daemon = True
+            timer.start()
+
+        self._when_confirmed(futures, settle)
+
+    def _when_confirmed(self, futures: list[Future[None]], then: Callable[[BaseException | None], None]) -> None:
+        """``then(error)`` once ``futures`` are confirmed (error None) or one failed, on whichever thread settles it.
+
+        The handler thread does not wait for confirms, so a confirm round trip per exam does not
+        cap a worker's rate; ``stop`` waits for the acks still owed.
+        """
+        with self._owed:
+            self._owed_count += 1
+
+        def done(confirmed: Future[None]) -> None:
+            try:
+                then(confirmed.exception())
+            except Exception:  # an ack on a lost channel; RabbitMQ redelivers the exam
+                log.exception("settling an exam failed")
+            finally:
+                with self._owed:
+                    self._owed_count -= 1
+                    self._owed.notify_all()
+
+        all_confirmed(futures).add_done_callback(done)
 
 
 def _attempt(delivery: Delivery) -> int:

@@ -87,6 +87,15 @@ def test_hub_demo_delivers_every_good_sample_and_refuses_every_bad_one(broker: s
     # Each good sample's report reached its member over its own egress: MLLP AA, FHIR 201, or a pull.
     assert "AA in" in result.stdout and "HTTP 201 in" in result.stdout and "pull" in result.stdout
     assert "危急值" in result.stdout  # the CBC's WBC of 35.2 is a critical value
+    # Issue 5's end of the demo: the registry, a lookup that saves a re-test, one that has expired,
+    # the critical value's alert acknowledged at its origin, and the SLA table.
+    assert "血常规: [浙HR] recognised, valid" in result.stdout
+    assert "胸部CT平扫: not recognised: QC lapsed" in result.stdout
+    assert "血常规: found, 1 recognised result(s)" in result.stdout
+    assert "-> recognised: no re-test, the result is reused" in result.stdout
+    assert "血常规: expired (valid until" in result.stdout and "-> the patient is re-tested" in result.stdout
+    assert "to 於潜镇中心卫生院: acknowledged" in result.stdout
+    assert "(hub sla report)" in result.stdout and "昌化镇卫生院" in result.stdout
     if broker == "rabbitmq":
         listed = subprocess.run(
             ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, check=True

@@ -15,6 +15,7 @@ import queue
 import shutil
 import socket
 import subprocess
+import sysconfig
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -59,12 +60,15 @@ QUEUES = [STUDIES, PARKED, LEDGER, exam_queue("ecg"), stat_queue("ecg"), exam_qu
 
 
 def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
+    """DCMTK's ``tool``; pynetdicom puts Python apps of the same names in the environment's own bin."""
+    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    found = shutil.which(tool, path=os.pathsep.join(p for p in folders if p and Path(p).resolve() != scripts))
+    if found is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{tool} is missing; CI needs DCMTK (see .ci/services)")
         pytest.skip(f"{tool} is missing (Debian package dcmtk)")
-    return path
+    return found
 
 
 def dcmtk(

@@ -1,19 +1,27 @@
-"""submit and submit_report: confirmed, persistent, with the headers the hub routes and traces by."""
+"""submit and submit_report: confirmed, persistent, with the headers the hub routes and traces by.
+
+A report fans out: to its member, a copy to the registry, its report.issued event to the ledger and, for
+a critical value, an alert to its origin; all confirmed before submit_report returns.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import queue
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from adapters import hl7v2
+from hub.alerts import Alert, alert_id
 from hub.broker import Broker, Delivery
 from hub.cli import main
 from hub.envelope import SCHEMA_VERSION, Exam, Report
 from hub.errors import PublishRefused
-from hub.publish import submit, submit_report
-from hub.topology import Topology, report_queue, stat_queue
+from hub.events import Event
+from hub.publish import asubmit_report, report_messages, submit, submit_report
+from hub.topology import LEDGER, REGISTRY, Topology, alert_queue, report_queue, stat_queue
 
 SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "messages"
 ECG = hl7v2.read((SAMPLES / "hl7v2" / "ecg-resting-oru.hl7").read_bytes())[0]
@@ -31,6 +39,12 @@ def first(broker: Broker, queue_name: str) -> Delivery:
     return got.get(timeout=15)
 
 
+def signed(**fields: object) -> Report:
+    return Report.answering(
+        ECG, status="final", issued_at=datetime.now(UTC), conclusion="窦性心律，正常心电图", **fields
+    )
+
+
 def test_submit_routes_a_stat_ecg_to_its_lane_with_headers(hub_broker: Broker) -> None:
     assert ECG.priority == "stat"
     submit(hub_broker, ECG, trace_id="trace-0001")
@@ -46,15 +60,48 @@ def test_submit_routes_a_stat_ecg_to_its_lane_with_headers(hub_broker: Broker) -
     assert Exam.decode(delivery.body) == ECG
 
 
-def test_submit_report_goes_to_the_members_queue(hub_broker: Broker) -> None:
-    from datetime import UTC, datetime
-
-    report = Report.answering(ECG, status="final", issued_at=datetime.now(UTC), conclusion="窦性心律，正常心电图")
-    submit_report(hub_broker, report)
+def test_submit_report_goes_to_the_member_the_registry_and_the_ledger(hub_broker: Broker) -> None:
+    report = signed()
+    submit_report(hub_broker, report, trace_id="trace-0002")
     delivery = first(hub_broker, report_queue(ECG.origin))
     assert delivery.message_id == report.report_id
     assert delivery.headers["exam-id"] == ECG.exam_id
     assert Report.decode(delivery.body) == report
+    copy = first(hub_broker, REGISTRY)
+    assert (copy.message_id, copy.body, dict(copy.headers)) == (
+        delivery.message_id,
+        delivery.body,
+        dict(delivery.headers),
+    )
+    issued = first(hub_broker, LEDGER)
+    event = Event.decode(issued.body)
+    assert (event.kind, event.report_id, event.report_status, event.critical) == (
+        "report.issued",
+        report.report_id,
+        "final",
+        False,
+    )
+    assert event.issued_at == report.issued_at
+    assert ECG.patient.name and ECG.patient.name.encode() not in issued.body  # events carry no patient data
+    assert hub_broker.message_count(alert_queue(ECG.origin)) == 0  # not critical: no alert
+
+
+def test_a_critical_report_alerts_its_origin_even_with_ledger_events_off(hub_broker: Broker) -> None:
+    report = signed(critical=True, critical_items=("ST段抬高，急性下壁心肌梗死可能",))
+    assert [m.exchange for m in report_messages(report)] == ["hub.reports", REGISTRY, "hub.events", "hub.alerts"]
+
+    async def publish() -> None:  # as a gateway on the broker's loop would
+        await asubmit_report(hub_broker, report, events=False)
+
+    asyncio.run_coroutine_threadsafe(publish(), hub_broker.loop).result(15)
+    delivery = first(hub_broker, alert_queue(ECG.origin))
+    alert = Alert.decode(delivery.body)
+    assert delivery.message_id == f"{alert_id('critical', report.report_id)}:{ECG.origin}"
+    assert (alert.kind, alert.institution, alert.report_id) == ("critical", ECG.origin, report.report_id)
+    assert alert.critical_items == ("ST段抬高，急性下壁心肌梗死可能",)
+    assert Report.decode(first(hub_broker, REGISTRY).body) == report
+    assert first(hub_broker, report_queue(ECG.origin)).message_id == report.report_id
+    assert hub_broker.message_count(LEDGER) == 0
 
 
 def test_a_member_cannot_submit_as_another(hub_broker: Broker) -> None:

@@ -1,4 +1,4 @@
-"""The worker runtime on both brokers: reports, retries, parking, STAT first, crashes."""
+"""The worker runtime on both brokers: reports, retries, parking, STAT first, crashes, ledger events."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime
 
 import pytest
@@ -13,9 +14,11 @@ from handlers import read_ecg
 
 from hub.broker import Broker, Delivery, Message
 from hub.envelope import Coding, Exam, Patient, Report, Source
+from hub.errors import BrokerUnavailable
+from hub.events import Event
 from hub.ids import derive_exam_id
 from hub.publish import submit
-from hub.topology import EXAMS, Topology, exam_queue, parked_queue, report_queue, stat_queue
+from hub.topology import EXAMS, LEDGER, REGISTRY, Topology, exam_queue, parked_queue, report_queue, stat_queue
 from hub.worker import Reject, Retry, Worker
 
 ORIGIN = "12330112473455672X"  # 昌化镇卫生院
@@ -240,3 +243,74 @@ def test_stop_finishes_the_exam_in_hand_and_returns_the_rest(hub_broker: Broker)
         time.sleep(0.05)
     assert hub_broker.message_count(exam_queue("ecg")) == 4  # not started: back in the queue
     assert reports.qsize() == 0
+
+
+# -- what the worker tells the ledger
+
+
+def ledger_events(broker: Broker, n: int) -> list[Event]:
+    got = drain(broker, LEDGER)
+    return [Event.decode(got.get(timeout=WAIT).body) for _ in range(n)]
+
+
+def test_the_ledger_hears_when_reading_starts_and_when_a_report_is_issued_or_the_exam_parked(  # type: ignore[no-untyped-def]
+    hub_broker: Broker, run_worker
+) -> None:
+    def handler(exam: Exam) -> Report:
+        if exam.placer_order == "ECG-00021":
+            raise Reject("no waveform in the upload")
+        return read_ecg(exam)
+
+    run_worker(handler, concurrency=1)
+    submit(hub_broker, make_exam(20, "stat"))
+    report = Report.decode(drain(hub_broker, report_queue(ORIGIN)).get(timeout=WAIT).body)
+    submit(hub_broker, make_exam(21))
+    started, issued, started_21, parked = ledger_events(hub_broker, 4)
+    assert (started.kind, started.exam_id, started.priority, started.at <= issued.at) == (
+        "exam.in_reading",
+        make_exam(20).exam_id,
+        "stat",
+        True,
+    )
+    assert (issued.kind, issued.report_id, issued.report_status) == ("report.issued", report.report_id, "final")
+    assert Report.decode(drain(hub_broker, REGISTRY).get(timeout=WAIT).body) == report
+    assert (started_21.kind, parked.kind, parked.exam_id) == ("exam.in_reading", "exam.parked", make_exam(21).exam_id)
+    assert parked.detail == "rejected by handler"  # the reason, not the handler's words about the patient
+
+
+def test_with_events_off_the_worker_publishes_reports_only(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    run_worker(read_ecg, events=False)
+    submit(hub_broker, make_exam(22))
+    report = drain(hub_broker, report_queue(ORIGIN)).get(timeout=WAIT)
+    copy = drain(hub_broker, REGISTRY).get(timeout=WAIT)  # the registry copy is not optional
+    assert copy.message_id == report.message_id
+    assert hub_broker.message_count(LEDGER) == 0  # with events on, exam.in_reading would be there by now
+
+
+def test_an_unconfirmed_in_reading_event_sends_the_exam_back() -> None:
+    from hub.broker import connect
+
+    with connect("memory://guest@") as broker:
+        broker.declare(TOPOLOGY)
+        refused = threading.Event()
+        publish = broker.publish
+
+        def refusing(message: Message) -> Future[None]:
+            if message.exchange != "hub.events" or refused.is_set():
+                return publish(message)
+            refused.set()  # the first in_reading event only
+            future: Future[None] = Future()
+            future.set_exception(BrokerUnavailable("test: the broker did not confirm"))
+            return future
+
+        broker.publish = refusing  # type: ignore[method-assign]
+        submit(broker, make_exam(23))
+        worker = Worker(broker, "ecg", read_ecg, concurrency=1, retry_delays=TOPOLOGY.retry_delays)
+        worker.start()
+        try:
+            reports = drain(broker, report_queue(ORIGIN))
+            first, second = reports.get(timeout=WAIT), reports.get(timeout=WAIT)
+            assert first.message_id == second.message_id  # not acked the first time: read again, same report
+            assert empty_soon(broker, exam_queue("ecg"))
+        finally:
+            worker.stop(5)

@@ -8,8 +8,10 @@
                                   ServiceRequest or DiagnosticReport, which the adapter also reads)
     POST /fhir/$process-message   a message Bundle
     GET  /fhir/metadata           the CapabilityStatement (no token needed)
+    GET  /fhir/DiagnosticReport?patient.identifier=urn:oid:2.16.156.10011.1.3|<id>&code=<system>|<code>
+                                  the patient's recognised results of that item (when given a registry)
 
-``FhirApp`` is a plain ASGI application with no web framework: it has two routes and answers
+``FhirApp`` is a plain ASGI application with no web framework: it has a few routes and answers
 everything with an OperationOutcome, which a framework would not write for us. It runs on
 uvicorn, on the broker's own loop, so that a publish costs no thread hop.
 
@@ -27,6 +29,14 @@ its code overrides whatever sender the Bundle names. Answers:
 
 Input the hub refuses is parked on ``hub.parked.intake`` with its problems before the sender
 hears why; when parking fails too, the answer is 503, so the sender keeps its copy.
+
+The search answers a searchset Bundle: one DiagnosticReport per recognised result valid today, with
+its values as contained Observations, its image references as ``presentedForm``, the source
+report's id as ``identifier``, the recognition mark (HR, 浙HR) as a ``meta.tag`` of system
+``MARK_SYSTEM``, and its validity window (first and last valid day) as a ``valuePeriod`` extension
+``VALIDITY_EXTENSION``; never a conclusion. With no result, the Bundle holds an OperationOutcome
+(search mode ``outcome``) saying why: expired, not eligible or none found. The token's institution
+is who looked, in the registry's audit trail.
 """
 
 from __future__ import annotations
@@ -40,24 +50,44 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 import uvicorn
 
 from adapters import fhir
+from adapters._common import RESIDENT_ID_SYSTEM
 from hub.broker import CONFIRM_TIMEOUT
 from hub.config import Config, FhirGateway, Institution
-from hub.envelope import Exam
+from hub.envelope import Exam, Patient, Report
 from hub.errors import AdapterError, BrokerError, DecodeError, InvalidMessage, MissingField, UnsupportedMessage
+from hub.ids import valid_resident_id
 from hub.intake import Intake
+from hub.store.identity import Person
+from hub.store.recognition import RecognisedResult, Registry
 
-__all__ = ["METADATA", "PROCESS_MESSAGE", "RETRY_AFTER_SECONDS", "ROOT", "FhirApp", "FhirListener", "start_fhir"]
+__all__ = [
+    "DIAGNOSTIC_REPORT",
+    "MARK_SYSTEM",
+    "METADATA",
+    "PROCESS_MESSAGE",
+    "RETRY_AFTER_SECONDS",
+    "ROOT",
+    "VALIDITY_EXTENSION",
+    "FhirApp",
+    "FhirListener",
+    "start_fhir",
+]
 
 log = logging.getLogger("hub.gateways.http")
 
 ROOT = "/fhir"
 PROCESS_MESSAGE = "/fhir/$process-message"
 METADATA = "/fhir/metadata"
+DIAGNOSTIC_REPORT = "/fhir/DiagnosticReport"
+MARK_SYSTEM = "urn:consortium-hub:recognition-mark"
+VALIDITY_EXTENSION = "urn:consortium-hub:fhir:StructureDefinition:recognition-validity"
 RETRY_AFTER_SECONDS = 10  # the RabbitMQ broker reconnects with backoff of up to 8 s
 _ROUTES: Mapping[str, str] = {ROOT: "POST", PROCESS_MESSAGE: "POST", METADATA: "GET"}
 _MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
@@ -87,11 +117,15 @@ class _Refused(Exception):
 class FhirApp:
     """The ASGI application; uvicorn (or any ASGI server) calls it once per request."""
 
-    def __init__(self, intake: Intake, config: Config, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, intake: Intake, config: Config, *, max_body_bytes: int, registry: Registry | None = None
+    ) -> None:
         self.intake = intake
         self.config = config
         self.max_body_bytes = max_body_bytes
-        self.capability = _capability_statement(datetime.now(UTC))
+        self.registry = registry
+        self._routes = {**_ROUTES, DIAGNOSTIC_REPORT: "GET"} if registry is not None else _ROUTES
+        self.capability = _capability_statement(datetime.now(UTC), search=registry is not None)
 
     async def __call__(self, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off and websockets are disabled: nothing else is served
@@ -108,7 +142,7 @@ class FhirApp:
 
     async def _answer(self, scope: Mapping[str, Any], receive: Receive) -> _Answer | None:
         path = scope["path"].rstrip("/") or "/"
-        method = _ROUTES.get(path)
+        method = self._routes.get(path)
         if method is None:
             return _outcome(404, "error", "not-found", f"POST Bundles to {ROOT} or {PROCESS_MESSAGE}; no {path}")
         if scope["method"] != method:
@@ -120,6 +154,8 @@ class FhirApp:
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else None
         institution = self._sender(headers.get("authorization"), peer)
+        if path == DIAGNOSTIC_REPORT:
+            return await self._search(scope, headers.get("host"), institution.code)
         _check_content_type(headers.get("content-type"))
         raw = await self._body(headers.get("content-length"), receive)
         if raw is None:
@@ -158,6 +194,17 @@ class FhirApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    async def _search(self, scope: Mapping[str, Any], host: str | None, who: str) -> _Answer:
+        """The searchset of recognised results; the registry's blocking I/O runs off the loop."""
+        assert self.registry is not None
+        query = scope.get("query_string", b"").decode("latin-1")
+        national_id, item = _search_terms(parse_qs(query, keep_blank_values=True))
+        link = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{DIAGNOSTIC_REPORT}" + (
+            f"?{query}" if query else ""
+        )
+        search = partial(_searchset, self.registry, national_id, item, who, link)
+        return _Answer(200, await asyncio.get_running_loop().run_in_executor(None, search))
 
     def _too_large(self) -> _Answer:
         return _outcome(413, "error", "too-costly", f"the body is over this hub's limit of {self.max_body_bytes} bytes")
@@ -225,6 +272,80 @@ def _require_message_bundle(raw: bytes) -> None:
     raise UnsupportedMessage(f"$process-message takes a message Bundle; POST other Bundles to {ROOT}", location=where)
 
 
+# -- the search of recognised results
+
+
+def _search_terms(query: Mapping[str, list[str]]) -> tuple[str, tuple[str, str]]:
+    """The resident ID number and the item (system, code) a search names; 400 when it names them wrongly."""
+    identifier = _token(query, "patient.identifier")
+    code = _token(query, "code")
+    if identifier[0] != RESIDENT_ID_SYSTEM:
+        text = f"search by resident ID number: patient.identifier={RESIDENT_ID_SYSTEM}|<number>"
+        raise _Refused(_outcome(400, "error", "not-supported", text))
+    if not valid_resident_id(identifier[1]):
+        raise _Refused(
+            _outcome(400, "error", "value", "patient.identifier is not a valid resident ID number (GB 11643)")
+        )
+    return identifier[1].upper(), code
+
+
+def _token(query: Mapping[str, list[str]], name: str) -> tuple[str, str]:
+    values = query.get(name, [])
+    system, bar, value = values[0].partition("|") if len(values) == 1 else ("", "", "")
+    if not (bar and system and value):
+        text = f"give {name} once, as system|value"
+        raise _Refused(_outcome(400, "error", "value" if values else "required", text))
+    return system, value
+
+
+def _searchset(registry: Registry, national_id: str, item: tuple[str, str], who: str, link: str) -> dict[str, Any]:
+    found = registry.lookup(national_id=national_id, item=item, who=who, via="fhir")
+    entries: list[dict[str, Any]] = [
+        {"resource": _recognised_report(result, found.person), "search": {"mode": "match"}} for result in found.results
+    ]
+    if not found.results:
+        text = found.reason + (f": {found.detail}" if found.detail else "")
+        outcome = {"resourceType": "OperationOutcome", "issue": [_issue("information", "not-found", text)]}
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "total": len(found.results),
+        "link": [{"relation": "self", "url": link}],
+        "entry": entries,
+    }
+
+
+def _recognised_report(result: RecognisedResult, person: Person | None) -> dict[str, Any]:
+    """A recognised result as a DiagnosticReport: the adapter's own, with the mark and the window."""
+    patient = Patient(
+        national_id=result.national_id,
+        name=person.name if person else None,
+        sex=person.sex if person and person.sex in ("male", "female", "other") else "unknown",
+        birth_date=person.birth_date if person else None,
+    )
+    report = Report(
+        report_id=result.source_report_id,
+        exam_id=result.exam_id,
+        origin=result.origin,
+        centre=result.centre,
+        status=result.source_status,
+        patient=patient,
+        service=result.item,
+        observations=result.observations,
+        attachments=result.attachments,
+        performer_institution=result.performer_institution,
+        issued_at=result.issued_at,
+    )
+    resource = fhir.write_report(report)  # no findings or conclusion: the result holds none
+    resource["id"] = result.result_id
+    resource["meta"] = {"tag": [{"system": MARK_SYSTEM, "code": result.mark, "display": "检查检验结果互认"}]}
+    period = {"start": result.valid_from.isoformat(), "end": result.valid_until.isoformat()}
+    resource["extension"] = [{"url": VALIDITY_EXTENSION, "valuePeriod": period}]
+    return resource
+
+
 # -- OperationOutcomes
 
 
@@ -279,8 +400,8 @@ def _accepted_outcome(exams: list[Exam]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": issues}
 
 
-def _capability_statement(date: datetime) -> dict[str, Any]:
-    return {
+def _capability_statement(date: datetime, *, search: bool = False) -> dict[str, Any]:
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date.isoformat(timespec="seconds"),
@@ -304,6 +425,11 @@ def _capability_statement(date: datetime) -> dict[str, Any]:
             }
         ],
     }
+    if search:
+        parameters = [{"name": "patient.identifier", "type": "token"}, {"name": "code", "type": "token"}]
+        resource = {"type": "DiagnosticReport", "interaction": [{"code": "search-type"}], "searchParam": parameters}
+        statement["rest"][0]["resource"] = [resource]
+    return statement
 
 
 async def _send(send: Send, answer: _Answer) -> None:
@@ -362,12 +488,14 @@ class FhirListener:
             await asyncio.shield(self._task)
 
 
-async def start_fhir(intake: Intake, config: Config, settings: FhirGateway) -> FhirListener:
-    """Serve the gateway on the running loop, which must be ``intake.broker.loop``."""
+async def start_fhir(
+    intake: Intake, config: Config, settings: FhirGateway, *, registry: Registry | None = None
+) -> FhirListener:
+    """Serve the gateway on the running loop, which must be ``intake.broker.loop``; ``registry`` adds the search."""
     loop = asyncio.get_running_loop()
     if loop is not intake.broker.loop:
         raise RuntimeError("start_fhir runs on the broker's loop: asyncio.run_coroutine_threadsafe(..., broker.loop)")
-    app = FhirApp(intake, config, max_body_bytes=settings.max_body_bytes)
+    app = FhirApp(intake, config, max_body_bytes=settings.max_body_bytes, registry=registry)
     uvicorn_config = uvicorn.Config(
         app,
         host=settings.host,

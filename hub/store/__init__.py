@@ -1,1 +1,4 @@
-"""What the hub keeps on disk: blobs (DICOM instances, source messages); later the ledger and registry."""
+"""What the hub keeps: blobs (DICOM instances, source messages) on disk; the ledger, alerts,
+person index and recognition registry in one SQLAlchemy database (``db``), migrated by Alembic."""
+
+__all__: list[str] = []
