@@ -181,7 +181,7 @@ def hub_worker_consume(broker: Broker, count: int, prefetch: int, events: bool) 
             if handled[0] == count:
                 done.set()
 
-    worker = Worker(broker, "lab", noop, concurrency=1, prefetch=prefetch, events=events)
+    worker = Worker(broker, "lab", noop, prefetch=prefetch, events=events)  # default concurrency
     start = time.perf_counter()
     worker.start()
     done.wait()
@@ -286,7 +286,7 @@ def main() -> None:
             ratio = median_ratio(ours_c, raw_c)
             print(f"  worker consume+ack, no-op     {median(ours_c):>9,.0f}/s   raw pika consume+ack    "
                   f"{median(raw_c):>9,.0f}/s   {ratio:>5.2f}x   >=0.8x   {verdict(ratio >= 0.8)}  "
-                  f"(prefetch {args.prefetch}, events=False)")  # fmt: skip
+                  f"(prefetch {args.prefetch}, the default 4 handler threads, events=False)")  # fmt: skip
             print(f"    publishing exam.in_reading  {median(evented):>9,.0f}/s   "
                   f"{'':>35}{median_ratio(evented, raw_c):>5.2f}x            "
                   f"(the default: one ledger event per exam, confirmed before its ack; not judged)")  # fmt: skip
