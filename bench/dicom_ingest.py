@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import uuid
@@ -72,10 +71,17 @@ def make_instances(folder: Path, count: int) -> list[Path]:
 
 
 def dcmtk(tool: str) -> str | None:
-    """DCMTK's ``tool``; pynetdicom puts Python apps of the same names in the environment's own bin."""
-    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    """DCMTK's ``tool`` on PATH; pynetdicom installs Python apps of the same names, which are skipped."""
     folders = os.environ.get("PATH", "").split(os.pathsep)
-    return shutil.which(tool, path=os.pathsep.join(p for p in folders if p and Path(p).resolve() != scripts))
+    return next((str(c) for f in folders if f and _is_binary(c := Path(f) / tool)), None)
+
+
+def _is_binary(path: Path) -> bool:
+    """An executable that is not a script (DCMTK's tools are ELF files; pynetdicom's start with #!)."""
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return False
+    with path.open("rb") as file:
+        return file.read(2) != b"#!"
 
 
 def storescu(port: int, called: str, files: list[Path], *, nodelay: bool) -> float:
@@ -195,7 +201,7 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true", help="also the hub without TCP_QUICKACK")
     args = parser.parse_args()
     for tool in ("storescu", "Orthanc", "rabbitmqctl"):
-        if dcmtk(tool) is None:
+        if (dcmtk(tool) if tool == "storescu" else shutil.which(tool)) is None:
             raise SystemExit(f"{tool} is not on PATH (Debian: dcmtk, orthanc, rabbitmq-server)")
     logging.basicConfig(level=logging.WARNING)
     vhost, url = scratch_vhost()

@@ -120,6 +120,12 @@ class RegistryService:
             log.error("registry: failed on report %s: %s at %s", report.report_id, type(exc).__name__, _where(exc))
             self._park(delivery, f"the registry failed on it ({type(exc).__name__})")
             return
+        log.info("registry: report %s %s (%s)", report.report_id, outcome.status, outcome.reason or "eligible")
+        if outcome.conflicts:  # the fields only: their values are patient data
+            fields = ", ".join(sorted({c.field for c in outcome.conflicts}))
+            log.warning(
+                "registry: report %s: identity conflict for person %d (%s)", report.report_id, outcome.person_id, fields
+            )
         try:
             for future in [self.broker.publish(recognition_message(r)) for r in outcome.broadcasts]:
                 wait(future)
@@ -127,12 +133,6 @@ class RegistryService:
             log.warning("registry: results of report %s not confirmed: %s", report.report_id, type(exc).__name__)
             self._put_back(delivery)
             return
-        log.info("registry: report %s %s (%s)", report.report_id, outcome.status, outcome.reason or "eligible")
-        if outcome.conflicts:  # the fields only: their values are patient data
-            fields = ", ".join(sorted({c.field for c in outcome.conflicts}))
-            log.warning(
-                "registry: report %s: identity conflict for person %d (%s)", report.report_id, outcome.person_id, fields
-            )
         delivery.ack()
 
     def _park(self, delivery: Delivery, reason: str) -> None:

@@ -8,6 +8,7 @@ except with CI=true, where they fail: CI never skips the broker.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
+
+from hub.broker import Broker, Delivery
 
 AMQP_URL = os.environ.get("HUB_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
 
@@ -60,3 +63,27 @@ def rabbitmq_vhost() -> Iterator[str]:
         yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
     finally:
         _ctl("delete_vhost", vhost)
+
+
+def broker_urls(param: str) -> Iterator[str]:
+    """The body of every ``broker_url`` fixture: ``memory://``, or a RabbitMQ vhost made for it."""
+    if param == "memory":
+        yield "memory://guest@"
+        return
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+def take(broker: Broker, queue_name: str, count: int, timeout: float = 15) -> list[Delivery]:
+    """Exactly ``count`` messages from ``queue_name``, acked; fails when there are more or fewer."""
+    got: queue.Queue[Delivery] = queue.Queue()
+    subscription = broker.consume(queue_name, got.put, prefetch=count + 5)
+    try:
+        deliveries = [got.get(timeout=timeout) for _ in range(count)]
+        for delivery in deliveries:
+            delivery.ack()
+    finally:
+        subscription.cancel()
+    assert got.empty(), f"more than {count} message(s) on {queue_name}"
+    assert broker.message_count(queue_name) == 0, f"more than {count} message(s) on {queue_name}"
+    return deliveries

@@ -2,7 +2,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from brokers import rabbitmq_vhost
+from brokers import broker_urls
 from databases import database_url_for
 from hypothesis import settings
 
@@ -18,11 +18,7 @@ settings.load_profile("hub")
 @pytest.fixture(params=["memory", "rabbitmq"])
 def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each contract test runs on both brokers; RabbitMQ gets a vhost of its own."""
-    if request.param == "memory":
-        yield "memory://guest@"
-        return
-    with rabbitmq_vhost() as url:
-        yield url
+    yield from broker_urls(request.param)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import queue
 import socket
 import subprocess
 import threading
@@ -21,10 +20,11 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
+from brokers import take
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from hub.broker import Broker, Delivery, connect
+from hub.broker import Broker, connect
 from hub.config import FhirGateway, load_config
 from hub.envelope import Exam
 from hub.gateways import http
@@ -103,21 +103,6 @@ def running_gateway(broker: Broker, data: Path, *, max_body_bytes: int = 1024 * 
 def gateway(broker: Broker, tmp_path: Path) -> Iterator[Gateway]:
     with running_gateway(broker, tmp_path) as opened:
         yield opened
-
-
-def take(broker: Broker, queue_name: str, count: int, timeout: float = 15) -> list[Delivery]:
-    """Exactly ``count`` messages from ``queue_name``, acked; fails when there are more or fewer."""
-    got: queue.Queue[Delivery] = queue.Queue()
-    subscription = broker.consume(queue_name, got.put, prefetch=count + 5)
-    try:
-        deliveries = [got.get(timeout=timeout) for _ in range(count)]
-        for delivery in deliveries:
-            delivery.ack()
-    finally:
-        subscription.cancel()
-    assert got.empty(), f"more than {count} message(s) on {queue_name}"
-    assert broker.message_count(queue_name) == 0, f"more than {count} message(s) on {queue_name}"
-    return deliveries
 
 
 def lane(exam: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from brokers import rabbitmq_vhost
+from brokers import broker_urls
 
 from adapters import hl7v2
 from hub import errors
@@ -184,11 +184,7 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
     Each test still starts from empty queues: ``hub_broker`` declares the topology and drains it.
     """
-    if request.param == "memory":
-        yield "memory://guest@"
-        return
-    with rabbitmq_vhost() as url:
-        yield url
+    yield from broker_urls(request.param)
 
 
 @pytest.fixture
@@ -529,11 +525,10 @@ def test_an_internal_failure_is_ar_and_the_connection_goes_on(
     assert "王秀英" not in caplog.text
 
 
+@pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)  # the in-process broker has no connection to lose
 def test_rabbitmq_connection_lost_gives_ar_then_the_retry_is_accepted(
     broker_url: str, hub_broker: Broker, listen: Callable[..., MllpListener]
 ) -> None:
-    if not broker_url.startswith("amqp"):
-        pytest.skip("the in-process broker has no connection to lose")
     vhost, user = unquote(urlsplit(broker_url).path.lstrip("/")), urlsplit(broker_url).username or "guest"
     sender = Sender(listen().port)
     assert Ack(sender.send(sample("lab-oml-o21.hl7"))).code == "AA"

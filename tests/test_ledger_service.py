@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import random
 import threading
 import time
@@ -12,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import take
 from sqlalchemy.exc import DataError, OperationalError
 from test_alerts import critical_report
 from test_ledger import CHANGHUA, LEAD, YUQIAN, at, consortium, lifecycle, snapshot
 
 from hub.alerts import Alert, alert_id
-from hub.broker import Broker, Delivery, wait
+from hub.broker import Broker, wait
 from hub.config import Config
 from hub.events import Event, event_message
 from hub.ledger_service import LedgerService
@@ -81,19 +81,6 @@ def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
             return True
         time.sleep(0.05)
     return condition()
-
-
-def take(broker: Broker, queue_name: str, n: int) -> list[Delivery]:
-    """The next ``n`` messages on ``queue_name``, acked; then the consumer goes."""
-    got: queue.Queue[Delivery] = queue.Queue()
-    subscription = broker.consume(queue_name, got.put, prefetch=n)
-    try:
-        deliveries = [got.get(timeout=WAIT) for _ in range(n)]
-        for delivery in deliveries:
-            delivery.ack()
-    finally:
-        subscription.cancel()
-    return deliveries
 
 
 def scrambled_lifecycles(count: int) -> list[Event]:

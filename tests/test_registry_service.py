@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import queue
 from collections.abc import Iterator
 from datetime import date
 
 import pytest
 import test_recognition
-from brokers import rabbitmq_vhost
+from brokers import broker_urls, take
 from test_recognition import CBC, CHANGHUA, CONCLUSION, CONFIG, LEAD, YUQIAN, ZHANG, lab_report, zhang
 
-from hub.broker import Broker, Delivery, Message, connect, wait
+from hub.broker import Broker, Message, connect, wait
 from hub.envelope import Report
 from hub.publish import report_message
 from hub.registry_service import RegistryService
@@ -28,11 +27,7 @@ TOPOLOGY = Topology(institutions=MEMBERS, centres=["lab"], retry_delays=(1,))
 @pytest.fixture(scope="module", params=["memory", "rabbitmq"])
 def module_broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """One RabbitMQ vhost for the module (rabbitmqctl takes seconds); each test declares and deletes its queues."""
-    if request.param == "memory":
-        yield "memory://guest@"
-        return
-    with rabbitmq_vhost() as url:
-        yield url
+    yield from broker_urls(request.param)
 
 
 @pytest.fixture
@@ -47,21 +42,6 @@ def broker(module_broker_url: str) -> Iterator[Broker]:
 def copy(report: Report) -> Message:
     """A report's copy for the registry, as hub.publish sends it: the report's own message, to hub.registry."""
     return report_message(report)._replace(exchange=REGISTRY)
-
-
-def take(broker: Broker, queue_name: str, count: int, timeout: float = 15) -> list[Delivery]:
-    """Exactly ``count`` messages from ``queue_name``, acked; fails when there are more or fewer."""
-    got: queue.Queue[Delivery] = queue.Queue()
-    subscription = broker.consume(queue_name, got.put, prefetch=count + 5)
-    try:
-        deliveries = [got.get(timeout=timeout) for _ in range(count)]
-        for delivery in deliveries:
-            delivery.ack()
-    finally:
-        subscription.cancel()
-    assert got.empty(), f"more than {count} message(s) on {queue_name}"
-    assert broker.message_count(queue_name) == 0, f"more than {count} message(s) on {queue_name}"
-    return deliveries
 
 
 @pytest.fixture

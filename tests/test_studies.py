@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import rabbitmq_vhost
+from brokers import broker_urls
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from test_gateway_dicom import CONFIG, SAMPLES, TOPOLOGY, dcmtk, take
@@ -81,11 +81,7 @@ def assembled(broker: Broker, count: int = 1) -> list[Exam]:
 # The fixtures of test_gateway_dicom (pytest sees fixtures per module): one vhost for the module.
 @pytest.fixture(scope="module", params=["memory", "rabbitmq"])
 def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "memory":
-        yield "memory://guest@"
-        return
-    with rabbitmq_vhost() as url:
-        yield url
+    yield from broker_urls(request.param)
 
 
 @pytest.fixture
