@@ -19,7 +19,8 @@ from test_recognition import CBC, CHANGHUA, CONCLUSION, CONFIG, CT, DICOM, ECG, 
 
 from hub.broker import Broker, connect
 from hub.config import FhirGateway
-from hub.gateways.http import MARK_SYSTEM, VALIDITY_EXTENSION, FhirListener, start_fhir
+from hub.gateways.fhir_search import MARK_SYSTEM, VALIDITY_EXTENSION
+from hub.gateways.http import FhirListener, start_fhir
 from hub.intake import Intake
 from hub.store.db import Database
 from hub.store.recognition import Registry, recognition_day

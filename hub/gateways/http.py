@@ -30,13 +30,8 @@ its code overrides whatever sender the Bundle names. Answers:
 Input the hub refuses is parked on ``hub.parked.intake`` with its problems before the sender
 hears why; when parking fails too, the answer is 503, so the sender keeps its copy.
 
-The search answers a searchset Bundle: one DiagnosticReport per recognised result valid today, with
-its values as contained Observations, its image references as ``presentedForm``, the source
-report's id as ``identifier``, the recognition mark (HR, 浙HR) as a ``meta.tag`` of system
-``MARK_SYSTEM``, and its validity window (first and last valid day) as a ``valuePeriod`` extension
-``VALIDITY_EXTENSION``; never a conclusion. With no result, the Bundle holds an OperationOutcome
-(search mode ``outcome``) saying why: expired, not eligible or none found. The token's institution
-is who looked, in the registry's audit trail.
+The search answers a searchset Bundle built by ``hub.gateways.fhir_search``; the token's
+institution is who looked, in the registry's audit trail.
 """
 
 from __future__ import annotations
@@ -60,21 +55,19 @@ from adapters import fhir
 from adapters._common import RESIDENT_ID_SYSTEM
 from hub.broker import CONFIRM_TIMEOUT
 from hub.config import Config, FhirGateway, Institution
-from hub.envelope import Exam, Patient, Report
+from hub.envelope import Exam
 from hub.errors import AdapterError, BrokerError, DecodeError, InvalidMessage, MissingField, UnsupportedMessage
+from hub.gateways.fhir_search import searchset
 from hub.ids import valid_resident_id
 from hub.intake import Intake
-from hub.store.identity import Person
-from hub.store.recognition import RecognisedResult, Registry
+from hub.store.recognition import Registry
 
 __all__ = [
     "DIAGNOSTIC_REPORT",
-    "MARK_SYSTEM",
     "METADATA",
     "PROCESS_MESSAGE",
     "RETRY_AFTER_SECONDS",
     "ROOT",
-    "VALIDITY_EXTENSION",
     "FhirApp",
     "FhirListener",
     "start_fhir",
@@ -86,8 +79,6 @@ ROOT = "/fhir"
 PROCESS_MESSAGE = "/fhir/$process-message"
 METADATA = "/fhir/metadata"
 DIAGNOSTIC_REPORT = "/fhir/DiagnosticReport"
-MARK_SYSTEM = "urn:consortium-hub:recognition-mark"
-VALIDITY_EXTENSION = "urn:consortium-hub:fhir:StructureDefinition:recognition-validity"
 RETRY_AFTER_SECONDS = 10  # the RabbitMQ broker reconnects with backoff of up to 8 s
 _ROUTES: Mapping[str, str] = {ROOT: "POST", PROCESS_MESSAGE: "POST", METADATA: "GET"}
 _MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
@@ -203,7 +194,7 @@ class FhirApp:
         link = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{DIAGNOSTIC_REPORT}" + (
             f"?{query}" if query else ""
         )
-        search = partial(_searchset, self.registry, national_id, item, who, link)
+        search = partial(searchset, self.registry, national_id, item, who, link)
         return _Answer(200, await asyncio.get_running_loop().run_in_executor(None, search))
 
     def _too_large(self) -> _Answer:
@@ -296,54 +287,6 @@ def _token(query: Mapping[str, list[str]], name: str) -> tuple[str, str]:
         text = f"give {name} once, as system|value"
         raise _Refused(_outcome(400, "error", "value" if values else "required", text))
     return system, value
-
-
-def _searchset(registry: Registry, national_id: str, item: tuple[str, str], who: str, link: str) -> dict[str, Any]:
-    found = registry.lookup(national_id=national_id, item=item, who=who, via="fhir")
-    entries: list[dict[str, Any]] = [
-        {"resource": _recognised_report(result, found.person), "search": {"mode": "match"}} for result in found.results
-    ]
-    if not found.results:
-        text = found.reason + (f": {found.detail}" if found.detail else "")
-        outcome = {"resourceType": "OperationOutcome", "issue": [_issue("information", "not-found", text)]}
-        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "total": len(found.results),
-        "link": [{"relation": "self", "url": link}],
-        "entry": entries,
-    }
-
-
-def _recognised_report(result: RecognisedResult, person: Person | None) -> dict[str, Any]:
-    """A recognised result as a DiagnosticReport: the adapter's own, with the mark and the window."""
-    patient = Patient(
-        national_id=result.national_id,
-        name=person.name if person else None,
-        sex=person.sex if person and person.sex in ("male", "female", "other") else "unknown",
-        birth_date=person.birth_date if person else None,
-    )
-    report = Report(
-        report_id=result.source_report_id,
-        exam_id=result.exam_id,
-        origin=result.origin,
-        centre=result.centre,
-        status=result.source_status,
-        patient=patient,
-        service=result.item,
-        observations=result.observations,
-        attachments=result.attachments,
-        performer_institution=result.performer_institution,
-        issued_at=result.issued_at,
-    )
-    resource = fhir.write_report(report)  # no findings or conclusion: the result holds none
-    resource["id"] = result.result_id
-    resource["meta"] = {"tag": [{"system": MARK_SYSTEM, "code": result.mark, "display": "检查检验结果互认"}]}
-    period = {"start": result.valid_from.isoformat(), "end": result.valid_until.isoformat()}
-    resource["extension"] = [{"url": VALIDITY_EXTENSION, "valuePeriod": period}]
-    return resource
 
 
 # -- OperationOutcomes
