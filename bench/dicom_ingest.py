@@ -8,7 +8,9 @@ algorithm) and without it, as most modalities send. Targets:
 - the hub: start_dicom and a StudyAssembler in this process, RabbitMQ in a scratch vhost, blobs fsync'd;
   again with fsync off, to show what fsync costs;
 - Orthanc (Debian's package) on loopback with a temporary storage dir, accepting any calling AE, run
-  with TCP_NODELAY=1 (its DCMTK's Nagle switch: its best setting) and SyncStorageArea on.
+  with TCP_NODELAY=1 (its DCMTK's Nagle switch: its best setting) and SyncStorageArea on;
+- pynetdicom alone: the hub's SCP answering 0x0000 at once, reading, storing and publishing nothing,
+  the ceiling that pynetdicom's association handling puts on any SCP built on it.
 Each run starts from empty storage. A rate is the median over interleaved rounds, a ratio the median of
 per-round ratios. Goals: hub >= 1.0x Orthanc with TCP_NODELAY; without it, aim for 5x Orthanc.
 --ablation adds the hub with TCP_NODELAY but without TCP_QUICKACK on its sockets.
@@ -175,6 +177,18 @@ def hub(url: str, scratch: Path, *, fsync: bool) -> Iterator[int]:
 
 
 @contextlib.contextmanager
+def scp_alone(url: str, scratch: Path) -> Iterator[int]:
+    """The hub's SCP (its sockets, contexts and handlers unbound) answering 0x0000 at once: pynetdicom's ceiling."""
+    store = gateway._Handlers.store
+    gateway._Handlers.store = lambda _self, _event: gateway._status(gateway.SUCCESS)  # type: ignore[method-assign]
+    try:
+        with hub(url, scratch, fsync=False) as port:
+            yield port
+    finally:
+        gateway._Handlers.store = store  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
 def without_quickack(target: contextlib.AbstractContextManager[int]) -> Iterator[int]:
     """The hub with TCP_NODELAY only: the gateway's QUICKACK switched off for this run."""
     quickack = gateway._TCP_QUICKACK
@@ -212,6 +226,7 @@ def main() -> None:
             "hub": lambda: hub(url, scratch, fsync=True),
             "hub, fsync off": lambda: hub(url, scratch, fsync=False),
             "Orthanc": lambda: orthanc(scratch),
+            "pynetdicom alone, answers at once": lambda: scp_alone(url, scratch),
         }
         if args.ablation:
             targets["hub, no QUICKACK"] = lambda: without_quickack(hub(url, scratch, fsync=True))
@@ -233,7 +248,7 @@ def main() -> None:
                 rates = samples[(sender, name)]
                 ratio = median(a / b for a, b in zip(rates, base, strict=True))
                 spread = f"{min(rates):.0f}-{max(rates):.0f}"
-                line = f"    {name:<30} {median(rates):>7.1f} img/s  ({spread:>9})  {ratio:>6.2f}x Orthanc"
+                line = f"    {name:<34} {median(rates):>7.1f} img/s  ({spread:>9})  {ratio:>6.2f}x Orthanc"
                 if name == "hub":
                     goal = 1.0 if sender == "TCP_NODELAY" else 5.0
                     line += f"   goal >= {goal:.1f}x: {verdict(ratio >= goal)}"
