@@ -23,6 +23,7 @@ UnicodeDecodeError leaves an adapter.
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "PublishRefused",
     "Unroutable",
     "UnsupportedMessage",
+    "raised_at",
 ]
 
 
@@ -118,3 +120,9 @@ class Unroutable(BrokerError):
 
 class PublishRefused(BrokerError):
     """The broker nacked the message, or refused it outright (a user_id that is not the login user)."""
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where an exception was raised (file:line), for logs: never its message, which may hold patient data."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"

@@ -21,14 +21,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import traceback
 
 from sqlalchemy.exc import OperationalError
 
 from hub.broker import Broker, Delivery, Message, Subscription, wait
 from hub.config import Config
 from hub.envelope import SCHEMA_VERSION, Report
-from hub.errors import BrokerError, EnvelopeError
+from hub.errors import BrokerError, EnvelopeError, raised_at
 from hub.intake import parked_input_message
 from hub.store.db import Database
 from hub.store.recognition import RecognisedResult, Registry
@@ -117,7 +116,7 @@ class RegistryService:
             self._put_back(delivery)
             return
         except Exception as exc:  # a fault of ours: keep the copy for repair (the message may hold patient data)
-            log.error("registry: failed on report %s: %s at %s", report.report_id, type(exc).__name__, _where(exc))
+            log.error("registry: failed on report %s: %s at %s", report.report_id, type(exc).__name__, raised_at(exc))
             self._park(delivery, f"the registry failed on it ({type(exc).__name__})")
             return
         log.info("registry: report %s %s (%s)", report.report_id, outcome.status, outcome.reason or "eligible")
@@ -155,9 +154,3 @@ class RegistryService:
     def _put_back(self, delivery: Delivery) -> None:
         self._stopping.wait(_PAUSE)
         delivery.reject(requeue=True)
-
-
-def _where(exc: BaseException) -> str:
-    """Where an exception was raised, without its message (which may hold patient data)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"

@@ -41,7 +41,6 @@ import contextlib
 import json
 import logging
 import socket
-import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +55,15 @@ from adapters._common import RESIDENT_ID_SYSTEM
 from hub.broker import CONFIRM_TIMEOUT
 from hub.config import Config, FhirGateway, Institution
 from hub.envelope import Exam
-from hub.errors import AdapterError, BrokerError, DecodeError, InvalidMessage, MissingField, UnsupportedMessage
+from hub.errors import (
+    AdapterError,
+    BrokerError,
+    DecodeError,
+    InvalidMessage,
+    MissingField,
+    UnsupportedMessage,
+    raised_at,
+)
 from hub.gateways.fhir_search import searchset
 from hub.ids import valid_resident_id
 from hub.intake import Intake
@@ -126,7 +133,7 @@ class FhirApp:
         except _Refused as refused:
             answer = refused.answer
         except Exception as exc:  # never up to the server: a sender always gets an OperationOutcome
-            log.error("fhir: unexpected %s at %s", type(exc).__name__, _where(exc))
+            log.error("fhir: unexpected %s at %s", type(exc).__name__, raised_at(exc))
             answer = _outcome(500, "error", "exception", "the hub failed on this request; it was not accepted")
         if answer is not None:
             await _send(send, answer)
@@ -212,7 +219,7 @@ class FhirApp:
             log.warning("fhir: refused input from %s: %s at %s", origin, type(exc).__name__, places)
             return await self._park(raw, exc, origin, peer) or _refused_outcome(exc)
         except Exception as exc:  # a fault in the adapter: keep the input, answer 500
-            log.error("fhir: the adapter failed on input from %s: %s at %s", origin, type(exc).__name__, _where(exc))
+            log.error("fhir: the adapter failed on input from %s: %s at %s", origin, type(exc).__name__, raised_at(exc))
             fault = f"the hub's FHIR adapter failed ({type(exc).__name__})"
             text = fault + "; the message is kept for repair, not accepted"
             return await self._park(raw, fault, origin, peer) or _outcome(500, "error", "exception", text)
@@ -386,12 +393,6 @@ async def _send(send: Send, answer: _Answer) -> None:
         log.info("fhir: the answer %d was not delivered: %s", answer.status, type(exc).__name__)
 
 
-def _where(exc: BaseException) -> str:
-    """Where an exception was raised, without its message (which may hold patient data)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-
-
 # -- uvicorn on the broker's loop
 
 
@@ -477,5 +478,5 @@ async def _serve(server: _EmbeddedServer, sock: socket.socket) -> None:
         log.error("fhir: uvicorn stopped (exit status %s)", exc.code)
         raise RuntimeError(f"uvicorn stopped with exit status {exc.code}") from exc
     except Exception as exc:
-        log.error("fhir: the gateway stopped: %s at %s", type(exc).__name__, _where(exc))
+        log.error("fhir: the gateway stopped: %s at %s", type(exc).__name__, raised_at(exc))
         raise

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import traceback
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from typing import cast
 from adapters import hl7v2
 from hub.config import Config, Institution, MllpGateway
 from hub.envelope import Exam
-from hub.errors import AdapterError, BrokerError, ConfigError, InvalidMessage, MissingField, Problem
+from hub.errors import AdapterError, BrokerError, ConfigError, InvalidMessage, MissingField, Problem, raised_at
 from hub.intake import Intake
 from hub.mllp import Framer, Oversized, frame
 
@@ -227,7 +226,7 @@ class _Connection(asyncio.Protocol):
             if self._finishing and self._transport is not None:
                 self._transport.close()
         except Exception as exc:  # a bug here must cost one connection, never the listener
-            log.error("%s: connection failed: %s at %s", self.peer, type(exc).__name__, _where(exc))
+            log.error("%s: connection failed: %s at %s", self.peer, type(exc).__name__, raised_at(exc))
             self.abort()
 
     def _resume_reading(self) -> None:
@@ -297,7 +296,7 @@ class _Responder:
             return reply
         except Exception as exc:  # the listener answers and stays up whatever goes wrong
             reply = hl7v2.ack(raw, "AR", _FAILED, charset=charset)
-            _log(peer, reply, charset, origin, "AR", f"failed: {type(exc).__name__} at {_where(exc)}", logging.ERROR)
+            _log(peer, reply, charset, origin, "AR", f"failed: {type(exc).__name__} at {raised_at(exc)}", logging.ERROR)
             return reply
 
     async def _read(self, raw: bytes, charset: str | None, origin: str | None) -> list[Exam]:
@@ -346,9 +345,3 @@ def _log(
     except AdapterError:
         control_id = "-"
     log.log(level, "%s control id %s from %s: %s, %s", peer, control_id, origin or "unknown member", code, detail)
-
-
-def _where(exc: BaseException) -> str:
-    """file:line where ``exc`` was raised: enough to find the bug, with no message text (it may hold patient data)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
