@@ -118,6 +118,54 @@ def test_unsettled_deliveries_come_back_after_a_crash(hub_broker: Broker, broker
     assert again.delivery_count == 1
 
 
+def test_settling_out_of_order_acks_only_what_was_settled(hub_broker: Broker, broker_url: str) -> None:
+    """A message still in a handler is never acked with the others, however the acks are sent."""
+    from hub.broker import connect
+
+    for n in range(6):
+        hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), n)).result(WAIT)
+    worker = connect(broker_url) if broker_url.startswith("amqp") else hub_broker
+    got, subscription = collect(worker, exam_queue("lab"), prefetch=10)
+    held = {d.message_id: d for d in (got.get(timeout=WAIT) for _ in range(6))}
+    for message_id in ("ex-2", "ex-1", "ex-5"):  # ex-0 is still being read: nothing before it is settled
+        held[message_id].ack()
+    held["ex-4"].reject(requeue=True)
+    again = got.get(timeout=WAIT)  # the requeued one comes straight back to this consumer
+    assert again.message_id == "ex-4"
+    again.ack()
+    time.sleep(0.5)  # the acks have reached the broker
+    if worker is hub_broker:
+        subscription.cancel()  # type: ignore[attr-defined]  # a consumer gone without settling the rest
+    else:
+        worker.close()  # a worker that dies holding ex-0 and ex-3
+    back, _ = collect(hub_broker, exam_queue("lab"))
+    returned = sorted(back.get(timeout=WAIT).message_id for _ in range(2))
+    assert returned == ["ex-0", "ex-3"]
+    time.sleep(0.5)
+    assert back.qsize() == 0
+
+
+def test_a_settled_run_is_acked_and_the_message_after_it_is_not(hub_broker: Broker, broker_url: str) -> None:
+    from hub.broker import connect
+
+    for n in range(5):
+        hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), n)).result(WAIT)
+    worker = connect(broker_url) if broker_url.startswith("amqp") else hub_broker
+    got, subscription = collect(worker, exam_queue("lab"), prefetch=10)
+    held = {d.message_id: d for d in (got.get(timeout=WAIT) for _ in range(5))}
+    for message_id in ("ex-1", "ex-0", "ex-2", "ex-4"):  # a run from the oldest, then one past ex-3
+        held[message_id].ack()
+    time.sleep(0.5)
+    if worker is hub_broker:
+        subscription.cancel()  # type: ignore[attr-defined]
+    else:
+        worker.close()
+    back, _ = collect(hub_broker, exam_queue("lab"))
+    assert back.get(timeout=WAIT).message_id == "ex-3"
+    time.sleep(0.5)
+    assert back.qsize() == 0
+
+
 def test_prefetch_bounds_unsettled_deliveries(hub_broker: Broker) -> None:
     for n in range(5):
         hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), n)).result(WAIT)

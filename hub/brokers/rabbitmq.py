@@ -6,7 +6,8 @@ as the gateways, publishes directly with ``publish_on_loop``; other threads hand
 work to it in batches through ``call_soon_threadsafe``. Publishes are
 pipelined: each gets a future that the confirm resolves, so many callers share
 one confirm window. Handlers never run on the I/O thread, which keeps
-heartbeats flowing however long a handler takes.
+heartbeats flowing however long a handler takes. Acks handed over in one pass
+of the loop go out as one ``multiple`` ack where they form a run (``_Acks``).
 
 When the connection drops, every unconfirmed publish fails with
 BrokerUnavailable (its sender is not acknowledged and will retry), deliveries
@@ -349,6 +350,8 @@ class RabbitMQBroker(Broker):
         def shut() -> None:
             connection = self._connection
             if connection is not None and not (connection.is_closed or connection.is_closing):
+                for subscription in self._subscriptions:
+                    subscription.flush_acks()
                 connection.close()
             else:
                 self._io.loop.stop()
@@ -372,6 +375,7 @@ class _Subscription(Subscription):
         self._on_delivery = on_delivery
         self._prefetch = prefetch
         self._channel: Channel | None = None
+        self._acks: _Acks | None = None
         self._cancelled = False
 
     @property
@@ -385,6 +389,7 @@ class _Subscription(Subscription):
     def open(self, connection: AsyncioConnection, opened: Future[None] | None = None) -> None:
         def on_channel(channel: Channel) -> None:
             self._channel = channel
+            self._acks = _Acks(channel, self._broker.loop)
             channel.add_on_close_callback(lambda _ch, reason: self._on_closed(reason, opened))
             channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _f: start(channel))
 
@@ -408,10 +413,14 @@ class _Subscription(Subscription):
         self._broker.reopen_later(self)
 
     def _on_message(self, channel: Channel, method: Any, properties: BasicProperties, body: bytes) -> None:
+        acks = self._acks
+        assert acks is not None  # made with the channel, before its consumer
+        acks.delivered(method.delivery_tag)
         self._on_delivery(
             _RabbitDelivery(
                 self._broker,
                 channel,
+                acks,
                 method.delivery_tag,
                 queue=self.queue,
                 routing_key=method.routing_key,
@@ -422,6 +431,11 @@ class _Subscription(Subscription):
             )
         )
 
+    def flush_acks(self) -> None:
+        """Send the acks not yet sent (I/O thread): before the channel or the connection is closed."""
+        if self._acks is not None:
+            self._acks.flush()
+
     def cancel(self) -> None:
         self._cancelled = True
         if self in self._broker._subscriptions:
@@ -430,37 +444,91 @@ class _Subscription(Subscription):
         def shut() -> None:
             channel = self._channel
             if channel is not None and channel.is_open:
+                self.flush_acks()
                 channel.close()
 
         self._broker.in_io_thread(shut)
 
 
+class _Acks:
+    """One channel's acks, on the I/O thread: a settled run of the oldest tags goes as one ``multiple`` ack.
+
+    Raw pika acks each message with a frame of its own; here the acks handed over in one pass of the
+    I/O loop leave as one ``basic_ack(multiple=True)`` for the longest run of settled tags from the
+    oldest unsettled one, so a multiple ack never covers a message still in a handler. An ack out of
+    that order (an older message is still being read) goes alone at once, and so does a reject, so a
+    slow handler never holds back the others' acks or the prefetch window.
+    """
+
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
+        self._channel = channel
+        self._loop = loop
+        self._delivered: deque[int] = deque()  # tags in delivery order, oldest first, until settled
+        self._done: set[int] = set()  # settled alone (out of order, or rejected), still in _delivered
+        self._pending: set[int] = set()  # acked, waiting for this pass's multiple ack
+        self._scheduled = False
+
+    def delivered(self, tag: int) -> None:
+        self._delivered.append(tag)
+
+    def ack(self, tag: int) -> None:
+        self._pending.add(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def reject(self, tag: int, requeue: bool) -> None:
+        self._channel.basic_reject(tag, requeue=requeue)
+        self._done.add(tag)
+
+    def flush(self) -> None:
+        """Send what is pending; also before the channel is closed on purpose."""
+        self._scheduled = False
+        if not self._pending or not self._channel.is_open:
+            return
+        last = None
+        while self._delivered and (self._delivered[0] in self._pending or self._delivered[0] in self._done):
+            tag = self._delivered.popleft()
+            if tag in self._pending:
+                self._pending.discard(tag)
+                last = tag
+            else:
+                self._done.discard(tag)
+        if last is not None:
+            self._channel.basic_ack(last, multiple=True)
+        for tag in self._pending:  # an older delivery is still in hand: these go alone
+            self._channel.basic_ack(tag)
+            self._done.add(tag)
+        self._pending.clear()
+
+
 class _RabbitDelivery(Delivery):
-    def __init__(self, broker: RabbitMQBroker, channel: Channel, tag: int, **fields: Any) -> None:
+    def __init__(self, broker: RabbitMQBroker, channel: Channel, acks: _Acks, tag: int, **fields: Any) -> None:
         super().__init__(**fields)
         self._broker = broker
         self._channel = channel
+        self._acks = acks
         self._tag = tag
 
     @property
     def live(self) -> bool:
         return bool(self._channel.is_open)
 
-    def _settle(self, action: Callable[[Channel], None]) -> None:
+    def _settle(self, action: Callable[[], None]) -> None:
         channel = self._channel
 
         def run() -> None:
             # After a reconnect the tag means nothing: RabbitMQ redelivers the message instead.
             if channel.is_open:
-                action(channel)
+                action()
 
         self._broker.in_io_thread(run)
 
     def ack(self) -> None:
-        self._settle(lambda ch: ch.basic_ack(self._tag))
+        self._settle(lambda: self._acks.ack(self._tag))
 
     def reject(self, *, requeue: bool) -> None:
-        self._settle(lambda ch: ch.basic_reject(self._tag, requeue=requeue))
+        self._settle(lambda: self._acks.reject(self._tag, requeue))
 
 
 def _declare_exchange(name: str, kind: str, channel: Channel, done: Callable[[Any], None]) -> None:
