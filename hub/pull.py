@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from hub.envelope import Report
 from hub.errors import EnvelopeError
 from hub.events import event_message, report_event
 from hub.gateways.egress import egress_parked_message, report_charset
+from hub.store.blobs import write_durably
 from hub.topology import report_queue
 
 __all__ = ["PULL_ENDPOINT", "PullFormat", "PulledReport", "pull_reports"]
@@ -107,7 +106,7 @@ def _take(
         _park(broker, institution, delivery, "unwritable report", f"{type(exc).__name__}: {exc}")
         return None
     path = out_dir / (_UNSAFE.sub("_", report.report_id) + _SUFFIXES[format])
-    _write_durably(path, data)
+    write_durably(path, data)
     if events:
         event = report_event("report.delivered", report, datetime.now(UTC), endpoint=PULL_ENDPOINT,
                              attempts=1, detail=format)  # fmt: skip
@@ -130,21 +129,3 @@ def _render(report: Report, format: PullFormat, institution: Institution) -> byt
     if format == "fhir":
         return json.dumps(fhir.write_report(report), ensure_ascii=False, indent=2).encode("utf-8")
     return report.encode()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)  # the rename is durable only once the directory entry is
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

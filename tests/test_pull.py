@@ -124,7 +124,7 @@ def test_a_report_whose_file_cannot_be_written_stays_queued(
 ) -> None:
     reports = submit(memory_broker, 3)
     written: list[Path] = []
-    durable = hub.pull._write_durably
+    durable = hub.pull.write_durably
 
     def disk_full_on_the_second(path: Path, data: bytes) -> None:
         if written:
@@ -132,7 +132,7 @@ def test_a_report_whose_file_cannot_be_written_stays_queued(
         durable(path, data)
         written.append(path)
 
-    monkeypatch.setattr(hub.pull, "_write_durably", disk_full_on_the_second)
+    monkeypatch.setattr(hub.pull, "write_durably", disk_full_on_the_second)
     with pytest.raises(OSError, match="No space"):
         pull_reports(memory_broker, MEMBER, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [f"{reports[0].report_id}.hl7"]  # no half-written file

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hub.errors import HubError
 
-__all__ = ["Blob", "BlobNotFound", "BlobStore", "sha256_uri"]
+__all__ = ["Blob", "BlobNotFound", "BlobStore", "sha256_uri", "write_durably"]
 
 _URI = re.compile(r"urn:sha256:([0-9a-f]{64})")
 
@@ -67,22 +67,9 @@ class BlobStore:
     def _write(self, path: Path, data: bytes | bytearray | memoryview) -> None:
         self._prepare()
         self._makedirs(path.parent)  # when a shard was removed behind the store's back
-        # The temporary file sits beside its final name: the rename then touches one directory, and
-        # its dot name never matches a digest, so a reader cannot see it.
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(data)
-                if self.fsync:
-                    tmp.flush()
-                    os.fsync(tmp.fileno())
-            # Two writers of the same bytes may race here: either rename leaves the same whole file.
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        if self.fsync:
-            _fsync_dir(path.parent)
+        # The temporary file's dot name never matches a digest, so a reader cannot see it. Two
+        # writers of the same bytes may race: either rename leaves the same whole file.
+        write_durably(path, data, fsync=self.fsync)
 
     def _prepare(self) -> None:
         """Make the 256 shard directories at once, durable with one fsync, so no put pays for one."""
@@ -130,6 +117,27 @@ class BlobStore:
             return isinstance(uri, str) and self.path(uri) is not None
         except BlobNotFound:
             return False
+
+
+def write_durably(path: Path, data: bytes | bytearray | memoryview, *, fsync: bool = True) -> None:
+    """``data`` at ``path`` whole or not at all: a temporary file beside it, renamed over it.
+
+    With ``fsync`` the file and then its directory entry are on disk before this returns. The
+    temporary file sits in the same directory, so the rename touches one directory only.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            if fsync:
+                tmp.flush()
+                os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
