@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pytest
 
 from hub.broker import Broker, Delivery
+from hub.topology import Topology
 
 AMQP_URL = os.environ.get("HUB_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
 
@@ -87,3 +88,27 @@ def take(broker: Broker, queue_name: str, count: int, timeout: float = 15) -> li
     assert got.empty(), f"more than {count} message(s) on {queue_name}"
     assert broker.message_count(queue_name) == 0, f"more than {count} message(s) on {queue_name}"
     return deliveries
+
+
+def take_all(broker: Broker, queue_name: str, timeout: float = 15) -> list[Delivery]:
+    """Everything on ``queue_name``, in order, acked."""
+    count = broker.message_count(queue_name)
+    if not count:
+        return []
+    got: queue.Queue[Delivery] = queue.Queue()
+    subscription = broker.consume(queue_name, got.put, prefetch=count)
+    try:
+        deliveries = [got.get(timeout=timeout) for _ in range(count)]
+        for delivery in deliveries:
+            delivery.ack()  # before the cancel, which gives back whatever is unsettled
+    finally:
+        subscription.cancel()
+    return deliveries
+
+
+def declared_empty(broker: Broker, topology: Topology) -> Broker:
+    """``broker`` with ``topology`` declared and its queues drained of an earlier test's leftovers."""
+    broker.declare(topology)
+    for leftover in topology.queues():
+        take_all(broker, leftover.name)
+    return broker

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import queue
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from brokers import broker_urls
+from brokers import broker_urls, declared_empty, take_all
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -31,7 +30,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
-from hub.broker import Broker, Delivery
+from hub.broker import Broker
 from hub.config import DicomGateway, load_config
 from hub.envelope import Exam
 from hub.gateways.dicom import DicomListener, start_dicom
@@ -82,22 +81,6 @@ def dcmtk(
     env = {**os.environ, "TCP_NODELAY": "1"} if nodelay else {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
     command = [need(tool), "-d", "-aet", calling, "-aec", HUB_AE, "127.0.0.1", str(port), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
-
-
-def take(broker: Broker, queue_name: str) -> list[Delivery]:
-    """Everything on ``queue_name``, in order, acked."""
-    count = broker.message_count(queue_name)
-    if not count:
-        return []
-    got: queue.Queue[Delivery] = queue.Queue()
-    subscription = broker.consume(queue_name, got.put, prefetch=count)
-    try:
-        deliveries = [got.get(timeout=WAIT) for _ in range(count)]
-        for delivery in deliveries:
-            delivery.ack()  # before the cancel, which gives back whatever is unsettled
-    finally:
-        subscription.cancel()
-    return deliveries
 
 
 def nothing_queued(broker: Broker) -> bool:
@@ -152,10 +135,7 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def hub_broker(broker: Broker) -> Broker:
-    broker.declare(TOPOLOGY)
-    for leftover in TOPOLOGY.queues():  # of an earlier test in the shared vhost
-        take(broker, leftover.name)
-    return broker
+    return declared_empty(broker, TOPOLOGY)  # a shared vhost: drained of an earlier test's
 
 
 @pytest.fixture
@@ -247,8 +227,8 @@ def test_samples_are_in_the_blob_store_and_on_the_broker_before_success(
         result = dcmtk("storescu", listener.port, calling, SAMPLES / name)
         assert result.returncode == 0, result.stdout + result.stderr
     assert published == ["DICM"] * 4
-    instances = {Exam.decode(d.body).source.message_id: d for d in take(hub_broker, STUDIES)}
-    (ecg,) = take(hub_broker, stat_queue("ecg"))  # a STAT ECG is an exam at once, on the STAT lane
+    instances = {Exam.decode(d.body).source.message_id: d for d in take_all(hub_broker, STUDIES)}
+    (ecg,) = take_all(hub_broker, stat_queue("ecg"))  # a STAT ECG is an exam at once, on the STAT lane
     exams = {**{uid: Exam.decode(d.body) for uid, d in instances.items()}, "ecg": Exam.decode(ecg.body)}
     assert len(exams) == 4
     for name, calling in SENDERS.items():
@@ -273,7 +253,7 @@ def test_samples_are_in_the_blob_store_and_on_the_broker_before_success(
         assert headers["exam-id"] == exam.exam_id and headers["study-uid"] == exam.study_uid
         assert headers["sop-instance-uid"] == exam.source.message_id
         assert (headers["blob"], headers["size"], headers["sha256"]) == (stored.uri, stored.size, stored.sha256)
-    ledger = [d.headers["exam-id"] for d in take(hub_broker, LEDGER)]
+    ledger = [d.headers["exam-id"] for d in take_all(hub_broker, LEDGER)]
     assert ledger == [exams["ecg"].exam_id]  # imaging exams are accepted once their study is assembled
     assert "刘建国" not in caplog.text and "330112195305090175" not in caplog.text
 
@@ -284,7 +264,7 @@ def test_the_blob_holds_the_data_set_byte_for_byte_as_sent(
     sample = SAMPLES / "ct-gbk-no-charset.dcm"
     answer = pynetdicom_store(listen().port, "YQ_CT01", sample, monkeypatch)
     assert answer.Status == 0x0000
-    (instance,) = take(hub_broker, STUDIES)
+    (instance,) = take_all(hub_broker, STUDIES)
     blob = blobs.read(instance.headers["blob"])
     assert blob[128:132] == b"DICM" and blob.endswith(data_set_bytes(sample))  # trailing padding and all
     assert split_dataset(blobs.path(instance.headers["blob"]))[0].TransferSyntaxUID == ExplicitVRLittleEndian
@@ -304,7 +284,7 @@ def test_many_instances_on_one_association_without_tcp_nodelay(
     result = dcmtk("storescu", listener.port, "YQ_CT01", *files, nodelay=False)  # Nagle on, as modalities send
     assert result.returncode == 0, result.stdout + result.stderr
     sent = {dcmread(f).SOPInstanceUID for f in files}
-    assert {Exam.decode(d.body).source.message_id for d in take(hub_broker, STUDIES)} == sent
+    assert {Exam.decode(d.body).source.message_id for d in take_all(hub_broker, STUDIES)} == sent
 
 
 # -- bad input
@@ -319,7 +299,7 @@ def test_a_data_set_in_the_wrong_charset_is_cannot_understand_and_parked(
     assert "DIMSE Status                  : 0xc000" in output
     assert "(0000,0901) AT (0010,0010)" in output  # Offending Element
     assert "ErrorComment" in output and "[(0010,0010): the bytes are not valid utf-8 text" in output
-    (parked,) = take(hub_broker, PARKED)
+    (parked,) = take_all(hub_broker, PARKED)
     assert parked.body == b""  # the instance is in the blob store; the message carries its URI
     parked_file = dcmread(blobs.path(parked.headers["x-hub-blob"]))
     assert parked_file == as_dcmtk_sends(SAMPLES / "ct-gbk-no-charset.dcm")
@@ -327,7 +307,7 @@ def test_a_data_set_in_the_wrong_charset_is_cannot_understand_and_parked(
     assert parked.headers["x-hub-problems"][0].startswith("(0010,0010): ")
     assert parked.headers["x-hub-origin"] == "12330112471213450B"
     assert parked.headers["x-hub-format"] == "dicom" and parked.headers["x-hub-charset"] == "UTF-8"
-    assert take(hub_broker, STUDIES) == []
+    assert take_all(hub_broker, STUDIES) == []
 
 
 @pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")  # pydicom, on the text file
@@ -366,7 +346,7 @@ def test_bad_instances_get_a_failure_status_and_are_parked_with_their_blob(
     tag = answer.OffendingElement  # the element the comment names first
     assert answer.ErrorComment.startswith(f"({tag.group:04X},{tag.element:04X}): ")
     assert offending is None or tag == offending
-    (parked,) = take(hub_broker, PARKED)
+    (parked,) = take_all(hub_broker, PARKED)
     _meta, offset = split_dataset(file)
     assert blobs.read(parked.headers["x-hub-blob"]).endswith(raw[offset:])
     assert parked.headers["x-hub-error"].startswith(answer.ErrorComment.rstrip(". "))
@@ -374,7 +354,7 @@ def test_bad_instances_get_a_failure_status_and_are_parked_with_their_blob(
     assert nothing_queued(hub_broker)
     # A bad instance does not stop the listener.
     assert dcmtk("storescu", listener.port, "YQ_CT01", SAMPLES / "ct-gbk-no-charset.dcm").returncode == 0
-    assert len(take(hub_broker, STUDIES)) == 1
+    assert len(take_all(hub_broker, STUDIES)) == 1
 
 
 def test_an_internal_failure_is_0xc211_parked_and_the_listener_goes_on(
@@ -392,10 +372,10 @@ def test_an_internal_failure_is_0xc211_parked_and_the_listener_goes_on(
     listener = listen(FailingOnce(hub_broker, blobs))
     first = dcmtk("storescu", listener.port, "YQ_CT01", SAMPLES / "ct-gbk-no-charset.dcm")
     assert "DIMSE Status                  : 0xc211" in first.stdout + first.stderr
-    (parked,) = take(hub_broker, PARKED)
+    (parked,) = take_all(hub_broker, PARKED)
     assert parked.headers["x-hub-error"] == "the gateway failed: RuntimeError" and parked.headers["x-hub-blob"]
     assert dcmtk("storescu", listener.port, "YQ_CT01", SAMPLES / "ct-gbk-no-charset.dcm").returncode == 0
-    assert len(take(hub_broker, STUDIES)) == 1
+    assert len(take_all(hub_broker, STUDIES)) == 1
     assert "RuntimeError" in caplog.text and "刘建国" not in caplog.text
 
 
@@ -418,7 +398,7 @@ def test_a_broker_that_takes_nothing_gives_0xa700_and_nothing_is_published(
     # The modality sends again once the broker takes messages.
     for name in ("ct-gbk-no-charset.dcm", "ecg-12lead.dcm"):
         assert dcmtk("storescu", listener.port, SENDERS[name], SAMPLES / name).returncode == 0
-    assert len(take(hub_broker, STUDIES)) == len(take(hub_broker, stat_queue("ecg"))) == 1
+    assert len(take_all(hub_broker, STUDIES)) == len(take_all(hub_broker, stat_queue("ecg"))) == 1
 
 
 def _ctl(*args: str) -> None:
@@ -442,7 +422,7 @@ def test_rabbitmq_connection_lost_gives_0xa700_then_the_retry_is_stored(
     while dcmtk("storescu", listener.port, "YQ_CT01", SAMPLES / "ct-gbk-no-charset.dcm").returncode != 0:
         assert time.monotonic() < deadline, "the hub never took the instance again"
         time.sleep(0.2)  # a modality's pause between retries
-    (instance,) = take(hub_broker, STUDIES)
+    (instance,) = take_all(hub_broker, STUDIES)
     assert Exam.decode(instance.body).patient.name == "刘建国"
 
 

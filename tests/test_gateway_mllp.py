@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from brokers import broker_urls
+from brokers import broker_urls, declared_empty, take_all
 
 from adapters import hl7v2
 from hub import errors
-from hub.broker import Broker, Delivery
+from hub.broker import Broker
 from hub.config import MllpGateway, load_config
 from hub.envelope import Exam
 from hub.gateways.mllp import MllpListener, start_mllp
@@ -138,24 +138,8 @@ def err_position(location: str, component: str = "^") -> str:
     return component.join([segment, nth or "1", *([field] if field else [])])
 
 
-def take(broker: Broker, queue_name: str) -> list[Delivery]:
-    """Everything on ``queue_name``, in order, acked."""
-    count = broker.message_count(queue_name)
-    if not count:
-        return []
-    got: queue.Queue[Delivery] = queue.Queue()
-    subscription = broker.consume(queue_name, got.put, prefetch=count)
-    try:
-        deliveries = [got.get(timeout=WAIT) for _ in range(count)]
-        for delivery in deliveries:
-            delivery.ack()  # before the cancel, which gives back whatever is unsettled
-    finally:
-        subscription.cancel()
-    return deliveries
-
-
 def queued_exams(broker: Broker) -> list[Exam]:
-    return [Exam.decode(d.body) for name in CENTRE_QUEUES for d in take(broker, name)]
+    return [Exam.decode(d.body) for name in CENTRE_QUEUES for d in take_all(broker, name)]
 
 
 def nothing_queued(broker: Broker) -> bool:
@@ -189,10 +173,7 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def hub_broker(broker: Broker) -> Broker:
-    broker.declare(TOPOLOGY)
-    for leftover in TOPOLOGY.queues():  # of an earlier test in the shared vhost
-        take(broker, leftover.name)
-    return broker
+    return declared_empty(broker, TOPOLOGY)  # a shared vhost: drained of an earlier test's
 
 
 @pytest.fixture
@@ -265,7 +246,7 @@ def test_bad_samples_are_answered_ae_with_located_errors_and_parked_byte_for_byt
         assert err[8], f"{name}: ERR-8 says nothing"
     sender.close()
 
-    parked = take(hub_broker, PARKED)
+    parked = take_all(hub_broker, PARKED)
     assert [d.body for d in parked] == [sample(name) for name in BAD]
     for name, delivery in zip(BAD, parked, strict=True):
         headers = delivery.headers
@@ -289,7 +270,7 @@ def test_unknown_or_missing_sending_facility_is_ae_at_msh_4_and_parked(
         (err,) = reply.all("ERR")
         assert err[2] == "MSH^1^4"
         assert text in err[8]
-    assert [d.body for d in take(hub_broker, PARKED)] == [unknown, missing]
+    assert [d.body for d in take_all(hub_broker, PARKED)] == [unknown, missing]
     assert all(hub_broker.message_count(name) == 0 for name in CENTRE_QUEUES)
 
 
@@ -345,7 +326,7 @@ def test_a_message_without_msh_18_is_read_in_its_members_fallback_charset(
     from_qingshanhu = with_msh(gbk, "gbk", msh4=QINGSHANHU)
     reply = Ack(sender.send(from_qingshanhu), "utf-8")
     assert reply.code == "AE"
-    (parked,) = take(hub_broker, PARKED)
+    (parked,) = take_all(hub_broker, PARKED)
     assert (parked.body, parked.headers["x-hub-park-reason"]) == (from_qingshanhu, "DecodeError")
 
 
@@ -391,7 +372,7 @@ def test_a_message_sent_byte_by_byte_and_frames_sent_together(
         ("AA", "CHECG0302-0015"),
     ]
     assert len(queued_exams(hub_broker)) == 4
-    assert [d.body for d in take(hub_broker, PARKED)] == [sample("bad-adt-a01.hl7")]
+    assert [d.body for d in take_all(hub_broker, PARKED)] == [sample("bad-adt-a01.hl7")]
 
 
 def test_a_long_pipeline_is_answered_in_order(listen: Callable[..., MllpListener], hub_broker: Broker) -> None:
@@ -428,7 +409,7 @@ def test_oversized_frame_is_ae_its_head_parked_and_the_connection_goes_on(
     assert str(limit) in err[8]
     assert Ack(sender.send(sample("lab-oml-o21.hl7"))).code == "AA"  # same connection
 
-    (parked,) = take(hub_broker, PARKED)
+    (parked,) = take_all(hub_broker, PARKED)
     assert parked.body == big[:HEAD_BYTES]
     assert parked.headers["x-hub-origin"] == QINGSHANHU
     assert str(len(big)) in parked.headers["x-hub-error"]
@@ -449,7 +430,7 @@ def test_garbage_and_abandoned_frames_do_not_stop_a_good_message(
         assert reply.all("ERR")
     assert Ack(sender.send(sample("lab-oml-o21.hl7"))).code == "AA"
     assert len(queued_exams(hub_broker)) == 2
-    assert [d.body for d in take(hub_broker, PARKED)] == [
+    assert [d.body for d in take_all(hub_broker, PARKED)] == [
         b"",
         b"\x00\xff\xfe not hl7 at all",
         "MSH|^~\\&|张".encode("gbk"),
@@ -499,7 +480,7 @@ def test_a_broker_that_refuses_the_message_gives_ar_and_keeps_nothing(broker: Br
         assert Ack(sender.send(sample("lab-cbc-gb18030.hl7")), "gb18030").code == "AA"
         assert Ack(sender.send(sample("bad-oru-no-pid.hl7"))).code == "AE"
         assert [e.placer_order for e in queued_exams(broker)] == ["YQ-LAB-20240301-0007"]
-        assert [d.body for d in take(broker, PARKED)] == [sample("bad-oru-no-pid.hl7")]
+        assert [d.body for d in take_all(broker, PARKED)] == [sample("bad-oru-no-pid.hl7")]
     finally:
         on_loop(broker, listener.close())
 

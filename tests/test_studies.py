@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import broker_urls
+from brokers import broker_urls, declared_empty, take_all
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from test_gateway_dicom import CONFIG, SAMPLES, TOPOLOGY, dcmtk, take
+from test_gateway_dicom import CONFIG, SAMPLES, TOPOLOGY, dcmtk
 
 from adapters import dicom
 from hub.broker import Broker, Message
@@ -75,7 +75,7 @@ def publish(intake: Intake, exams: list[Exam]) -> None:
 
 def assembled(broker: Broker, count: int = 1) -> list[Exam]:
     wait_for(lambda: broker.message_count(exam_queue("imaging")) >= count, f"{count} study exams")
-    return [Exam.decode(d.body) for d in take(broker, exam_queue("imaging"))]
+    return [Exam.decode(d.body) for d in take_all(broker, exam_queue("imaging"))]
 
 
 # The fixtures of test_gateway_dicom (pytest sees fixtures per module): one vhost for the module.
@@ -86,10 +86,7 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def hub_broker(broker: Broker) -> Broker:
-    broker.declare(TOPOLOGY)
-    for leftover in TOPOLOGY.queues():
-        take(broker, leftover.name)
-    return broker
+    return declared_empty(broker, TOPOLOGY)  # a shared vhost: drained of an earlier test's
 
 
 @pytest.fixture
@@ -141,7 +138,7 @@ def test_instances_of_a_study_become_one_exam_in_series_and_instance_order(
         assert attachment.media_type == "application/dicom"
         assert (attachment.size, f"urn:sha256:{attachment.sha256}") == (len(blob), attachment.uri)
         assert attachment.title == "HEAD 5mm"
-    (event,) = take(hub_broker, LEDGER)
+    (event,) = take_all(hub_broker, LEDGER)
     assert event.headers == {"kind": "exam.accepted", "exam-id": exam.exam_id}
     wait_for(lambda: hub_broker.message_count(STUDIES) == 0, "instance deliveries acked")
 
@@ -267,7 +264,7 @@ def test_a_message_that_is_no_stored_instance_is_parked_not_dropped(
     assembler = assemble()
     (exam,) = assembled(hub_broker)
     assert [a.uri for a in exam.attachments] == [good.source.uri]
-    parked = take(hub_broker, parked_queue("intake"))
+    parked = take_all(hub_broker, parked_queue("intake"))
     assert sorted(p.body for p in parked) == sorted(m.body for m in bad)
     assert all(p.headers["x-hub-error"].startswith("not a stored DICOM instance envelope") for p in parked)
     wait_for(lambda: assembler.pending == 0, "every delivery settled")
@@ -291,7 +288,7 @@ def test_through_the_gateway_an_ecg_goes_at_once_and_a_study_once_stable(
             files.append(tmp_path / f"{number}.dcm")
             template.save_as(files[-1])
         assert dcmtk("storescu", listener.port, "YQ_CT01", *files).returncode == 0
-        (ecg,) = [Exam.decode(d.body) for d in take(hub_broker, stat_queue("ecg"))]
+        (ecg,) = [Exam.decode(d.body) for d in take_all(hub_broker, stat_queue("ecg"))]
         assert (ecg.centre, ecg.priority, ecg.patient.name) == ("ecg", "stat", "张伟")
         wait_for(lambda: assembler.pending == 2, "the study's instances to be held")
         assert hub_broker.message_count(exam_queue("imaging")) == 0
