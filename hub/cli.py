@@ -156,7 +156,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     try:
         with _connect(_broker_url(args, config)) as broker:
             broker.declare(topology_for(config))
-            Worker(broker, args.centre, handler, concurrency=args.concurrency, prefetch=args.prefetch).run()  # type: ignore[arg-type]
+            worker = Worker(broker, args.centre, handler, concurrency=args.concurrency,  # type: ignore[arg-type]
+                            stat_reserve=args.stat_reserve, prefetch=args.prefetch)  # fmt: skip
+            worker.run()
     except BrokerError as exc:
         print(f"hub worker: {exc}", file=sys.stderr)
         return 1
@@ -297,6 +299,8 @@ def _add_running(commands: Any) -> None:
         help="handler(exam) -> Report | None; or FILE.py:FUNCTION",
     )
     worker.add_argument("--concurrency", type=int, default=4, help="exams handled at once (default 4)")
+    stat_help = "extra threads for STAT exams only, so STAT never waits for a routine read (default 1)"
+    worker.add_argument("--stat-reserve", type=int, default=1, help=stat_help)
     worker.add_argument("--prefetch", type=int, help="unacked exams held per lane (default 2 x concurrency)")
     _add_common(worker)
     worker.set_defaults(run=_cmd_worker)

@@ -13,8 +13,11 @@ A report is confirmed before its exam is acked, so a crash in between gives a
 duplicate report with the same report_id, never a lost one.
 
 The STAT lane and the routine lane feed one local buffer that always hands
-out STAT exams first. Handlers run on the worker's own threads, never on the
-broker's I/O thread, so a long read does not starve heartbeats.
+out STAT exams first. On top of ``concurrency`` threads that read either lane,
+``stat_reserve`` threads read STAT exams only, so a chest-pain ECG starts at
+once even while every other thread is in a long routine read. Handlers run on
+the worker's own threads, never on the broker's I/O thread, so a long read
+does not starve heartbeats.
 
 For the ledger the worker publishes ``exam.in_reading`` as a handler starts
 (nothing waits for its confirm but the exam's ack), the report's
@@ -25,12 +28,11 @@ whole fan-out (``hub.publish.submit_report_async``: report, registry copy,
 
 from __future__ import annotations
 
-import itertools
 import logging
-import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -71,6 +73,7 @@ class Worker:
         handler: Handler,
         *,
         concurrency: int = 4,
+        stat_reserve: int = 1,
         prefetch: int | None = None,
         retry_delays: Sequence[int] = RETRY_DELAYS,
         events: bool = True,
@@ -79,11 +82,11 @@ class Worker:
         self.centre = centre
         self.handler = handler
         self.concurrency = concurrency
+        self.stat_reserve = stat_reserve
         self.prefetch = prefetch if prefetch is not None else 2 * concurrency
         self.retry_delays = tuple(retry_delays)
         self.events = events
-        self._buffer: queue.PriorityQueue[tuple[int, int, Delivery]] = queue.PriorityQueue()
-        self._order = itertools.count()
+        self._lanes = _Lanes()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscriptions: list[Subscription] = []
@@ -94,21 +97,17 @@ class Worker:
 
     def start(self) -> None:
         self._threads = [
-            threading.Thread(target=self._loop, name=f"hub-worker-{self.centre}-{n}", daemon=True)
+            threading.Thread(target=self._loop, args=(False,), name=f"hub-worker-{self.centre}-{n}", daemon=True)
             for n in range(self.concurrency)
+        ] + [
+            threading.Thread(target=self._loop, args=(True,), name=f"hub-worker-{self.centre}-stat-{n}", daemon=True)
+            for n in range(self.stat_reserve)
         ]
         for thread in self._threads:
             thread.start()
-        for lane, name in enumerate((stat_queue(self.centre), exam_queue(self.centre))):
-            self._subscriptions.append(self.broker.consume(name, self._intake(lane), prefetch=self.prefetch))
-
-    def _intake(self, lane: int) -> Callable[[Delivery], None]:
-        """Buffer a lane's deliveries; lane 0 (STAT) always comes out first."""
-
-        def put(delivery: Delivery) -> None:
-            self._buffer.put((lane, next(self._order), delivery))
-
-        return put
+        stat, routine = stat_queue(self.centre), exam_queue(self.centre)
+        self._subscriptions.append(self.broker.consume(stat, self._lanes.put_stat, prefetch=self.prefetch))
+        self._subscriptions.append(self.broker.consume(routine, self._lanes.put_routine, prefetch=self.prefetch))
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish the exams in hand, settle them, then stop; exams not started go back to the queue."""
@@ -131,7 +130,8 @@ class Worker:
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
-            log.info("worker for %s started: %d threads, prefetch %d", self.centre, self.concurrency, self.prefetch)
+            log.info("worker for %s started: %d threads and %d for STAT only, prefetch %d",
+                     self.centre, self.concurrency, self.stat_reserve, self.prefetch)  # fmt: skip
             stop.wait()
             log.info("worker for %s stopping: finishing exams in hand", self.centre)
             self.stop()
@@ -139,13 +139,10 @@ class Worker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _loop(self) -> None:
+    def _loop(self, stat_only: bool) -> None:
         while not self._stopping.is_set():
-            try:
-                _lane, _order, delivery = self._buffer.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if delivery.live:  # else its channel is gone and RabbitMQ redelivers it
+            delivery = self._lanes.take(stat_only, timeout=0.1)
+            if delivery is not None and delivery.live:  # not live: its channel is gone, RabbitMQ redelivers it
                 self._settle(delivery)
 
     # -- the ack policy
@@ -253,6 +250,40 @@ class Worker:
                     self._owed.notify_all()
 
         all_confirmed(futures).add_done_callback(done)
+
+
+class _Lanes:
+    """Deliveries waiting for a handler thread: STAT always comes out first, and STAT-only takers get nothing else."""
+
+    def __init__(self) -> None:
+        lock = threading.Lock()
+        self._for_any = threading.Condition(lock)
+        self._for_stat_only = threading.Condition(lock)
+        self._stat: deque[Delivery] = deque()
+        self._routine: deque[Delivery] = deque()
+
+    def put_stat(self, delivery: Delivery) -> None:
+        with self._for_any:
+            self._stat.append(delivery)
+            self._for_stat_only.notify()  # both kinds of taker race for it; the loser finds nothing and waits again
+            self._for_any.notify()
+
+    def put_routine(self, delivery: Delivery) -> None:
+        with self._for_any:
+            self._routine.append(delivery)
+            self._for_any.notify()
+
+    def take(self, stat_only: bool, timeout: float) -> Delivery | None:
+        """The next delivery for this taker, or None after ``timeout`` (so the caller can see a stop)."""
+        waiting = self._for_stat_only if stat_only else self._for_any
+        with waiting:
+            if not self._stat and (stat_only or not self._routine):
+                waiting.wait(timeout)
+            if self._stat:
+                return self._stat.popleft()
+            if not stat_only and self._routine:
+                return self._routine.popleft()
+            return None
 
 
 def _attempt(delivery: Delivery) -> int:

@@ -163,7 +163,7 @@ def test_stat_exams_jump_the_routine_backlog(hub_broker: Broker, run_worker) -> 
 
     for n in range(100):
         submit(hub_broker, make_exam(100 + n))
-    run_worker(handler, concurrency=1, prefetch=20)
+    run_worker(handler, concurrency=1, stat_reserve=0, prefetch=20)  # one thread: the buffer's order alone
     time.sleep(0.5)  # the worker now holds a full buffer of routine exams
     submit(hub_broker, make_exam(999, "stat"))
     time.sleep(0.5)
@@ -173,6 +173,48 @@ def test_stat_exams_jump_the_routine_backlog(hub_broker: Broker, run_worker) -> 
         time.sleep(0.05)
     assert "stat" in order
     assert order.index("stat") <= 1  # at most the exam already in hand goes before it
+
+
+def long_routine_reads(started: queue.Queue[str], release: threading.Event) -> Callable[[Exam], None]:
+    def handler(exam: Exam) -> None:
+        started.put(f"{exam.priority} {exam.placer_order}")
+        if exam.priority == "routine":
+            release.wait(WAIT)
+
+    return handler
+
+
+def test_a_stat_exam_starts_while_every_thread_is_in_a_long_routine_read(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    started: queue.Queue[str] = queue.Queue()
+    release = threading.Event()
+    submit(hub_broker, make_exam(300))
+    submit(hub_broker, make_exam(301))
+    run_worker(long_routine_reads(started, release), concurrency=1)  # and the default stat_reserve=1
+    try:
+        assert started.get(timeout=WAIT) == "routine ECG-00300"
+        with pytest.raises(queue.Empty):  # the reserved thread never takes a routine exam
+            started.get(timeout=0.5)
+        submit(hub_broker, make_exam(302, "stat"))
+        assert started.get(timeout=WAIT) == "stat ECG-00302"
+        assert not release.is_set()  # the routine read still holds the only other thread
+    finally:
+        release.set()
+    assert started.get(timeout=WAIT) == "routine ECG-00301"
+
+
+def test_without_a_stat_reserve_a_stat_exam_waits_for_the_routine_read(hub_broker: Broker, run_worker) -> None:  # type: ignore[no-untyped-def]
+    started: queue.Queue[str] = queue.Queue()
+    release = threading.Event()
+    submit(hub_broker, make_exam(310))
+    run_worker(long_routine_reads(started, release), concurrency=1, stat_reserve=0)
+    try:
+        assert started.get(timeout=WAIT) == "routine ECG-00310"
+        submit(hub_broker, make_exam(311, "stat"))
+        with pytest.raises(queue.Empty):
+            started.get(timeout=0.5)
+    finally:
+        release.set()
+    assert started.get(timeout=WAIT) == "stat ECG-00311"
 
 
 def test_a_crash_between_report_and_ack_duplicates_the_report_never_loses_it(
