@@ -205,7 +205,7 @@ def fill_queue(broker: Broker, count: int, priority: str = "routine", offset: in
 # -- STAT isolation
 
 
-def stat_latencies(broker: Broker, sender: Broker, stats: int, offset: int) -> list[float]:
+def stat_latencies(broker: Broker, sender: Broker, stats: int, offset: int, events: bool) -> list[float]:
     """Seconds from submit (on the sender's own connection, as a gateway's) to handler for ``stats`` STAT exams."""
     sent: dict[str, float] = {}
     latencies: list[float] = []
@@ -218,7 +218,7 @@ def stat_latencies(broker: Broker, sender: Broker, stats: int, offset: int) -> l
         else:
             time.sleep(0.001)  # a routine read that takes a moment, so the backlog stays
 
-    worker = Worker(broker, "lab", handler, concurrency=2, prefetch=50)  # and the default stat_reserve=1
+    worker = Worker(broker, "lab", handler, concurrency=2, prefetch=50, events=events)  # the default stat_reserve=1
     worker.start()
     time.sleep(0.5)
     for n in range(stats):
@@ -235,12 +235,13 @@ def stat_isolation(broker: Broker, sender: Broker, url: str, args: argparse.Name
     """Rounds of (empty queue, backlog) back to back; one p99 over ``args.stats`` STAT exams each."""
     lab = exam_queue("lab")
     loaded_p99s, empty_p99s = [], []
+    events = not args.stat_no_events
     for n in range(args.stat_rounds):
         purge(url, lab, stat_queue("lab"))
-        empty = stat_latencies(broker, sender, args.stats, 10_000_000 + n * args.stats)
+        empty = stat_latencies(broker, sender, args.stats, 10_000_000 + n * args.stats, events)
         fill_queue(broker, args.backlog, offset=20_000_000 + n * args.backlog)
         before = broker.message_count(lab)
-        loaded = stat_latencies(broker, sender, args.stats, 30_000_000 + n * args.stats)
+        loaded = stat_latencies(broker, sender, args.stats, 30_000_000 + n * args.stats, events)
         loaded_p99s.append(p99(loaded))
         empty_p99s.append(p99(empty))
         p50s = f"p50 {median(loaded) * 1000:.2f} vs {median(empty) * 1000:.2f} ms"
@@ -251,7 +252,7 @@ def stat_isolation(broker: Broker, sender: Broker, url: str, args: argparse.Name
     worst = max(a / b for a, b in zip(loaded_p99s, empty_p99s, strict=True))
     print(f"  STAT p99, {args.backlog:,} routine queued {median(loaded_p99s) * 1000:>6.2f} ms   empty queue "
           f"{median(empty_p99s) * 1000:>7.2f} ms   {ratio:>5.2f}x   <2x     {verdict(ratio < 2)}  "
-          f"(median of {len(loaded_p99s)} rounds' ratios; worst round {worst:.2f}x)")  # fmt: skip
+          f"(median of {len(loaded_p99s)} rounds' ratios; worst round {worst:.2f}x; events={events})")  # fmt: skip
 
 
 def p99(values: list[float]) -> float:
@@ -271,6 +272,8 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=50_000, help="routine exams queued for STAT isolation")
     parser.add_argument("--stats", type=int, default=200, help="STAT exams timed per round")
     parser.add_argument("--stat-rounds", type=int, default=7, help="rounds of (empty queue, backlog) for STAT")
+    parser.add_argument("--stat-no-events", action="store_true",
+                        help="the STAT worker without ledger events: what the events cost the broker")  # fmt: skip
     parser.add_argument("--prefetch", type=int, default=100)
     args = parser.parse_args()
     vhost, url = scratch_vhost()
