@@ -130,7 +130,7 @@ class Worker:
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
-            log.info("worker for %s started: %d threads and %d for STAT only, prefetch %d",
+            log.info("worker for %s started: handler threads %d for either lane and %d for STAT only, prefetch %d",
                      self.centre, self.concurrency, self.stat_reserve, self.prefetch)  # fmt: skip
             stop.wait()
             log.info("worker for %s stopping: finishing exams in hand", self.centre)

@@ -78,7 +78,7 @@ def test_sigterm_finishes_the_exam_in_hand_then_exits(vhost_url: str, tmp_path: 
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "hub", "worker", "ecg", "--handler", "handlers:slow_read", "--broker", vhost_url,
-         "--config", str(EXAMPLE_CONFIG), "--concurrency", "1"],
+         "--config", str(EXAMPLE_CONFIG), "--concurrency", "1", "--stat-reserve", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -92,6 +92,7 @@ def test_sigterm_finishes_the_exam_in_hand_then_exits(vhost_url: str, tmp_path: 
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
+    assert "handler threads 1 for either lane and 2 for STAT only" in output
     assert "stopping" in output
     assert reports_of(vhost_url).get(timeout=WAIT).message_id  # the exam in hand was finished
     with connect(vhost_url) as broker:
