@@ -21,5 +21,6 @@ def test_broker_bench_runs_and_prints_its_three_figures(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    for figure in ("submit with confirms", "worker consume+ack", "publishing exam.in_reading", "round 2:", "STAT p99"):
+    figures = ("submit with confirms", "worker consume+ack", "publishing exam.in_reading", "round 2:", "STAT p99")
+    for figure in (*figures, "raw pika reader"):
         assert figure in result.stdout
