@@ -8,7 +8,8 @@ Figures (issue 3):
 - STAT isolation: with 50,000 routine exams queued, a STAT exam reaches its handler in under 2x its
   latency on an empty queue (p99 over 200 STAT exams). One p99 is a handful of samples, and on a
   small machine the broker's disk and CPU add tails of their own, so rounds of (empty, backlog) run
-  back to back and the verdict is the median of the rounds' ratios; every round is printed.
+  back to back and the verdict is the median of the rounds' ratios; every round is printed. Each
+  round also times a raw pika reader under the same load (RawPikaReader): what RabbitMQ itself adds.
 Needs RabbitMQ at HUB_BENCH_AMQP_URL (default localhost, guest) and rabbitmqctl for the scratch vhost.
 """
 
