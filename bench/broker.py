@@ -210,30 +210,45 @@ def fill_queue(broker: Broker, count: int, priority: str = "routine", offset: in
 # -- STAT isolation
 
 
+class StatClock:
+    """Seconds from submit (on the sender's own connection, as a gateway's) to arrival, one STAT exam at a time."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self._sent: dict[str, float] = {}
+        self._arrived = threading.Semaphore(0)
+
+    def arrived(self, exam_id: str) -> None:
+        self.latencies.append(time.perf_counter() - self._sent[exam_id])
+        self._arrived.release()
+
+    def send(self, sender: Broker, stats: int, offset: int) -> list[float]:
+        time.sleep(0.5)  # the reader is consuming by now
+        for n in range(stats):
+            exam = make_exam(offset + n, "stat")
+            self._sent[exam.exam_id] = time.perf_counter()
+            submit_async(sender, exam).result()
+            self._arrived.acquire(timeout=30)
+            time.sleep(0.005)
+        return self.latencies
+
+
 def stat_latencies(broker: Broker, sender: Broker, stats: int, offset: int, events: bool) -> list[float]:
-    """Seconds from submit (on the sender's own connection, as a gateway's) to handler for ``stats`` STAT exams."""
-    sent: dict[str, float] = {}
-    latencies: list[float] = []
-    arrived = threading.Semaphore(0)
+    """StatClock latencies to the worker's handler while it reads the routine backlog."""
+    clock = StatClock()
 
     def handler(exam: Exam) -> None:
         if exam.priority == "stat":
-            latencies.append(time.perf_counter() - sent[exam.exam_id])
-            arrived.release()
+            clock.arrived(exam.exam_id)
         else:
             time.sleep(0.001)  # a routine read that takes a moment, so the backlog stays
 
     worker = Worker(broker, "lab", handler, concurrency=2, prefetch=50, events=events)  # the default stat_reserve=1
     worker.start()
-    time.sleep(0.5)
-    for n in range(stats):
-        exam = make_exam(offset + n, "stat")
-        sent[exam.exam_id] = time.perf_counter()
-        submit_async(sender, exam).result()
-        arrived.acquire(timeout=30)
-        time.sleep(0.005)
-    worker.stop(10)
-    return latencies
+    try:
+        return clock.send(sender, stats, offset)
+    finally:
+        worker.stop(10)
 
 
 class RawPikaReader:
@@ -325,25 +340,13 @@ class RawPikaReader:
 
 def raw_stat_latencies(url: str, sender: Broker, stats: int, offset: int, events: bool) -> list[float]:
     """As stat_latencies, with RawPikaReader in the worker's place."""
-    sent: dict[str, float] = {}
-    latencies: list[float] = []
-    arrived = threading.Semaphore(0)
-
-    def on_stat(message_id: str) -> None:
-        latencies.append(time.perf_counter() - sent[message_id])
-        arrived.release()
-
-    reader = RawPikaReader(url, on_stat, events)
+    clock = StatClock()
+    reader = RawPikaReader(url, clock.arrived, events)
     reader.start()
-    time.sleep(0.5)
-    for n in range(stats):
-        exam = make_exam(offset + n, "stat")
-        sent[exam.exam_id] = time.perf_counter()
-        submit_async(sender, exam).result()
-        arrived.acquire(timeout=30)
-        time.sleep(0.005)
-    reader.stop()
-    return latencies
+    try:
+        return clock.send(sender, stats, offset)
+    finally:
+        reader.stop()
 
 
 def top_up(broker: Broker, queue: str, count: int, offset: int) -> int:
