@@ -1,6 +1,6 @@
 """DICOM ingest: DCMTK storescu sends the same instances to the hub's SCP and to Orthanc, in one run.
 
-    python bench/dicom_ingest.py [--instances 400] [--rounds 3] [--ablation]
+    python bench/dicom_ingest.py [--instances 400] [--rounds 3] [--ablation] [--steps]
 
 N copies of pydicom's CT_small.dcm, each with its own SOP Instance UID, go by one storescu association
 to each target, with TCP_NODELAY set in the sender's environment (DCMTK's runtime switch for Nagle's
@@ -13,7 +13,8 @@ algorithm) and without it, as most modalities send. Targets:
   the ceiling that pynetdicom's association handling puts on any SCP built on it.
 Each run starts from empty storage. A rate is the median over interleaved rounds, a ratio the median of
 per-round ratios. Goals: hub >= 1.0x Orthanc with TCP_NODELAY; without it, aim for 5x Orthanc.
---ablation adds the hub with TCP_NODELAY but without TCP_QUICKACK on its sockets.
+--ablation adds the hub with TCP_NODELAY but without TCP_QUICKACK on its sockets; --steps ends with one
+more hub run that times each step of its C-STORE handler (blob write, adapter, publish and confirm).
 Needs storescu, Orthanc, RabbitMQ at HUB_BENCH_AMQP_URL (default localhost, guest) and rabbitmqctl.
 """
 
@@ -200,6 +201,37 @@ def without_quickack(target: contextlib.AbstractContextManager[int]) -> Iterator
         gateway._TCP_QUICKACK = quickack
 
 
+@contextlib.contextmanager
+def timed_steps() -> Iterator[dict[str, list[float]]]:
+    """Seconds each step of the hub's C-STORE handler takes, per instance, while the block runs."""
+    steps: dict[str, list[float]] = {}
+    patched = [
+        (gateway._Handlers, "store", "whole handler"),
+        (BlobStore, "put", "blob write, fsync'd"),
+        (gateway.dicom, "read", "adapters.dicom.read"),
+        (gateway._Handlers, "_publish", "publish and confirm"),
+    ]
+    saved = {(owner, attribute): getattr(owner, attribute) for owner, attribute, _step in patched}
+
+    def timer(step: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                steps.setdefault(step, []).append(time.perf_counter() - start)
+
+        return timed
+
+    for owner, attribute, step in patched:
+        setattr(owner, attribute, timer(step, saved[owner, attribute]))
+    try:
+        yield steps
+    finally:
+        for (owner, attribute), fn in saved.items():
+            setattr(owner, attribute, fn)
+
+
 def scratch_vhost() -> tuple[str, str]:
     vhost = f"hub-bench-{uuid.uuid4().hex[:8]}"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
@@ -213,6 +245,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=400, help="CT_small instances per association")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--ablation", action="store_true", help="also the hub without TCP_QUICKACK")
+    parser.add_argument("--steps", action="store_true", help="then time each step of the hub's handler")
     args = parser.parse_args()
     for tool in ("storescu", "Orthanc", "rabbitmqctl"):
         if (dcmtk(tool) if tool == "storescu" else shutil.which(tool)) is None:
@@ -258,6 +291,14 @@ def main() -> None:
             cost = median(1 / a - 1 / b for a, b in zip(on, off, strict=True)) * 1000
             print(f"  fsync ({sender}): {median(a / b for a, b in zip(on, off, strict=True)):.2f}x the rate "
                   f"without it, {cost:+.2f} ms per instance")  # fmt: skip
+        if args.steps:
+            with timed_steps() as steps, hub(url, scratch, fsync=True) as port:
+                rate = storescu(port, "HUB", files, nodelay=True)
+            print(f"  the hub's handler, step by step (one more TCP_NODELAY run, {rate:.1f} img/s, "
+                  f"{1000 / rate:.2f} ms per instance):")  # fmt: skip
+            for step, seconds in steps.items():
+                mean = sum(seconds) / len(seconds)
+                print(f"    {step:<24} p50 {median(seconds) * 1000:5.2f} ms   mean {mean * 1000:5.2f} ms")
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
