@@ -6,6 +6,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import wait
 
 import pytest
@@ -118,15 +119,34 @@ def test_unsettled_deliveries_come_back_after_a_crash(hub_broker: Broker, broker
     assert again.delivery_count == 1
 
 
-def test_settling_out_of_order_acks_only_what_was_settled(hub_broker: Broker, broker_url: str) -> None:
-    """A message still in a handler is never acked with the others, however the acks are sent."""
+def held_exams(
+    hub_broker: Broker, broker_url: str, count: int
+) -> tuple[queue.Queue[Delivery], dict[str, Delivery], Callable[[], None]]:
+    """``count`` lab exams delivered to a worker of their own and held there unsettled, by message id.
+
+    ``die()`` ends that worker without settling the rest: its connection closes on RabbitMQ, its
+    subscription is cancelled on the in-process broker.
+    """
     from hub.broker import connect
 
-    for n in range(6):
+    for n in range(count):
         hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), n)).result(WAIT)
     worker = connect(broker_url) if broker_url.startswith("amqp") else hub_broker
     got, subscription = collect(worker, exam_queue("lab"), prefetch=10)
-    held = {d.message_id: d for d in (got.get(timeout=WAIT) for _ in range(6))}
+    held = {d.message_id: d for d in (got.get(timeout=WAIT) for _ in range(count))}
+
+    def die() -> None:
+        if worker is hub_broker:
+            subscription.cancel()  # type: ignore[attr-defined]
+        else:
+            worker.close()
+
+    return got, held, die
+
+
+def test_settling_out_of_order_acks_only_what_was_settled(hub_broker: Broker, broker_url: str) -> None:
+    """A message still in a handler is never acked with the others, however the acks are sent."""
+    got, held, die = held_exams(hub_broker, broker_url, 6)
     for message_id in ("ex-2", "ex-1", "ex-5"):  # ex-0 is still being read: nothing before it is settled
         held[message_id].ack()
     held["ex-4"].reject(requeue=True)
@@ -134,10 +154,7 @@ def test_settling_out_of_order_acks_only_what_was_settled(hub_broker: Broker, br
     assert again.message_id == "ex-4"
     again.ack()
     time.sleep(0.5)  # the acks have reached the broker
-    if worker is hub_broker:
-        subscription.cancel()  # type: ignore[attr-defined]  # a consumer gone without settling the rest
-    else:
-        worker.close()  # a worker that dies holding ex-0 and ex-3
+    die()  # holding ex-0 and ex-3
     back, _ = collect(hub_broker, exam_queue("lab"))
     returned = sorted(back.get(timeout=WAIT).message_id for _ in range(2))
     assert returned == ["ex-0", "ex-3"]
@@ -146,20 +163,11 @@ def test_settling_out_of_order_acks_only_what_was_settled(hub_broker: Broker, br
 
 
 def test_a_settled_run_is_acked_and_the_message_after_it_is_not(hub_broker: Broker, broker_url: str) -> None:
-    from hub.broker import connect
-
-    for n in range(5):
-        hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), n)).result(WAIT)
-    worker = connect(broker_url) if broker_url.startswith("amqp") else hub_broker
-    got, subscription = collect(worker, exam_queue("lab"), prefetch=10)
-    held = {d.message_id: d for d in (got.get(timeout=WAIT) for _ in range(5))}
+    _got, held, die = held_exams(hub_broker, broker_url, 5)
     for message_id in ("ex-1", "ex-0", "ex-2", "ex-4"):  # a run from the oldest, then one past ex-3
         held[message_id].ack()
     time.sleep(0.5)
-    if worker is hub_broker:
-        subscription.cancel()  # type: ignore[attr-defined]
-    else:
-        worker.close()
+    die()  # holding ex-3
     back, _ = collect(hub_broker, exam_queue("lab"))
     assert back.get(timeout=WAIT).message_id == "ex-3"
     time.sleep(0.5)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from benches import run_bench
 from brokers import AMQP_URL, require_rabbitmq
 
 import adapters
@@ -130,13 +131,7 @@ def test_demo_flags_a_bad_sample_that_is_accepted(tmp_path: Path) -> None:
 
 def test_bench_script_runs(tmp_path: Path) -> None:
     # Not a timing test: the bench must keep working as the adapters change.
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "adapters.py"), "--rounds", "1", "--seconds", "0.01"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
+    result = run_bench("adapters.py", "--rounds", "1", "--seconds", "0.01", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for figure in ("adapters.hl7v2.read", "adapters.fhir.read", "adapters.dicom.read", "hl7.parse", "dcmread"):
         assert figure in result.stdout

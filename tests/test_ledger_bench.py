@@ -4,22 +4,13 @@ Its end-to-end part starts hub serve, workers and ledger processes in three vhos
 run by hand as bench/e2e.py is.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benches import run_bench
 
 
 def test_ledger_write_bench_runs_and_prints_its_figures(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "ledger.py"), "--part", "write", "--exams", "100", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    result = run_bench("ledger.py", "--part", "write", "--exams", "100", "--rounds", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SQLite (WAL)  Ledger.record" in result.stdout
     assert "plain INSERT" in result.stdout
