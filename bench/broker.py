@@ -361,8 +361,10 @@ def stat_isolation(broker: Broker, sender: Broker, url: str, args: argparse.Name
     """Rounds of (empty queue, backlog) back to back, the worker's and raw pika's; one p99 over ``args.stats`` each."""
     lab = exam_queue("lab")
     events = not args.stat_no_events
-    ours: tuple[list[float], list[float]] = ([], [])  # loaded p99s, empty p99s
-    raw: tuple[list[float], list[float]] = ([], [])
+    loaded_p99s: list[float] = []
+    empty_p99s: list[float] = []
+    raw_loaded_p99s: list[float] = []
+    raw_empty_p99s: list[float] = []
     for n in range(args.stat_rounds):
         base = n * (args.stats + args.backlog)
         purge(url, lab, stat_queue("lab"))
@@ -372,22 +374,26 @@ def stat_isolation(broker: Broker, sender: Broker, url: str, args: argparse.Name
         loaded = stat_latencies(broker, sender, args.stats, 30_000_000 + base, events)
         raw_before = top_up(broker, lab, args.backlog, 40_000_000 + base)
         raw_loaded = raw_stat_latencies(url, sender, args.stats, 50_000_000 + base, events)
-        for p99s, pair in ((ours, (loaded, empty)), (raw, (raw_loaded, raw_empty))):
-            p99s[0].append(p99(pair[0]))
-            p99s[1].append(p99(pair[1]))
-        print(f"    round {n + 1}: worker {p99(loaded) * 1000:6.2f} ms with {before:,} routine queued, "
-              f"{p99(empty) * 1000:6.2f} ms empty, {p99(loaded) / p99(empty):5.2f}x "
-              f"(p50 {median(loaded) * 1000:.2f} vs {median(empty) * 1000:.2f});  raw pika "
-              f"{p99(raw_loaded) * 1000:6.2f} ms with {raw_before:,}, {p99(raw_empty) * 1000:6.2f} ms empty, "
-              f"{p99(raw_loaded) / p99(raw_empty):5.2f}x (p50 {median(raw_loaded) * 1000:.2f} vs "
-              f"{median(raw_empty) * 1000:.2f})")  # fmt: skip
-    ratio, raw_ratio = median_ratio(*ours), median_ratio(*raw)
-    print(f"  STAT p99, {args.backlog:,} routine queued {median(ours[0]) * 1000:>6.2f} ms   empty queue "
-          f"{median(ours[1]) * 1000:>7.2f} ms   {ratio:>5.2f}x   <2x     {verdict(ratio < 2)}  "
-          f"(median of {len(ours[0])} rounds' ratios; events={events})")  # fmt: skip
-    print(f"    raw pika reader, same load  {median(raw[0]) * 1000:>6.2f} ms   empty queue "
-          f"{median(raw[1]) * 1000:>7.2f} ms   {raw_ratio:>5.2f}x            "
+        loaded_p99s.append(p99(loaded))
+        empty_p99s.append(p99(empty))
+        raw_loaded_p99s.append(p99(raw_loaded))
+        raw_empty_p99s.append(p99(raw_empty))
+        print(f"    round {n + 1}: worker {round_figures(loaded, empty, before)};  "
+              f"raw pika {round_figures(raw_loaded, raw_empty, raw_before)}")  # fmt: skip
+    ratio, raw_ratio = median_ratio(loaded_p99s, empty_p99s), median_ratio(raw_loaded_p99s, raw_empty_p99s)
+    print(f"  STAT p99, {args.backlog:,} routine queued {median(loaded_p99s) * 1000:>6.2f} ms   empty queue "
+          f"{median(empty_p99s) * 1000:>7.2f} ms   {ratio:>5.2f}x   <2x     {verdict(ratio < 2)}  "
+          f"(median of {args.stat_rounds} rounds' ratios; events={events})")  # fmt: skip
+    print(f"    raw pika reader, same load  {median(raw_loaded_p99s) * 1000:>6.2f} ms   empty queue "
+          f"{median(raw_empty_p99s) * 1000:>7.2f} ms   {raw_ratio:>5.2f}x            "
           f"(what RabbitMQ itself adds under this load; not judged)")  # fmt: skip
+
+
+def round_figures(loaded: list[float], empty: list[float], queued: int) -> str:
+    """One reader's round: p99 with the backlog and on an empty queue, their ratio, and the p50s."""
+    p50s = f"p50 {median(loaded) * 1000:.2f} vs {median(empty) * 1000:.2f}"
+    return (f"{p99(loaded) * 1000:6.2f} ms with {queued:,} routine queued, {p99(empty) * 1000:6.2f} ms empty, "
+            f"{p99(loaded) / p99(empty):5.2f}x ({p50s})")  # fmt: skip
 
 
 def p99(values: list[float]) -> float:
