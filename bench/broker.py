@@ -10,6 +10,7 @@ Figures (issue 3):
   small machine the broker's disk and CPU add tails of their own, so rounds of (empty, backlog) run
   back to back and the verdict is the median of the rounds' ratios; every round is printed. Each
   round also times a raw pika reader under the same load (RawPikaReader): what RabbitMQ itself adds.
+  STAT exams come from a process of their own (StatSender), as a gateway's would.
 Needs RabbitMQ at HUB_BENCH_AMQP_URL (default localhost, guest) and rabbitmqctl for the scratch vhost.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -210,30 +212,71 @@ def fill_queue(broker: Broker, count: int, priority: str = "routine", offset: in
 # -- STAT isolation
 
 
+class StatSender:
+    """A gateway's process of its own, which submits each STAT exam asked for on its own connection.
+
+    In a deployment the gateways (``hub serve``) and the worker are separate processes. A sender in
+    the reader's process would wait for the interpreter lock that a loaded worker holds, and the
+    figure would charge that wait to RabbitMQ's STAT lane.
+    """
+
+    def __init__(self, url: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_send_stats, args=(url, child), daemon=True)
+        self._process.start()
+        if not self._pipe.poll(30):
+            raise SystemExit("the STAT sender process did not connect to RabbitMQ")
+        self._pipe.recv()
+
+    def submit(self, n: int) -> float:
+        """Submit STAT exam ``n``; returns the CLOCK_MONOTONIC second at which the sender began."""
+        self._pipe.send(n)
+        return float(self._pipe.recv())
+
+    def close(self) -> None:
+        self._pipe.send(None)
+        self._process.join(10)
+
+    def __enter__(self) -> StatSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _send_stats(url: str, pipe: Any) -> None:
+    with connect(url) as broker:
+        pipe.send("ready")
+        while (n := pipe.recv()) is not None:
+            sent = time.clock_gettime(time.CLOCK_MONOTONIC)  # one clock for every process on the machine
+            submit_async(broker, make_exam(n, "stat")).result()
+            pipe.send(sent)
+
+
 class StatClock:
-    """Seconds from submit (on the sender's own connection, as a gateway's) to arrival, one STAT exam at a time."""
+    """Seconds from submit (by the StatSender) to arrival, one STAT exam at a time."""
 
     def __init__(self) -> None:
-        self.latencies: list[float] = []
-        self._sent: dict[str, float] = {}
+        self._arrivals: dict[str, float] = {}
         self._arrived = threading.Semaphore(0)
 
     def arrived(self, exam_id: str) -> None:
-        self.latencies.append(time.perf_counter() - self._sent[exam_id])
+        self._arrivals[exam_id] = time.clock_gettime(time.CLOCK_MONOTONIC)
         self._arrived.release()
 
-    def send(self, sender: Broker, stats: int, offset: int) -> list[float]:
+    def send(self, sender: StatSender, stats: int, offset: int) -> list[float]:
         time.sleep(0.5)  # the reader is consuming by now
-        for n in range(stats):
-            exam = make_exam(offset + n, "stat")
-            self._sent[exam.exam_id] = time.perf_counter()
-            submit_async(sender, exam).result()
-            self._arrived.acquire(timeout=30)
+        sent: dict[str, float] = {}
+        for n in range(offset, offset + stats):
+            sent[make_exam(n, "stat").exam_id] = sender.submit(n)
+            if not self._arrived.acquire(timeout=30):
+                raise SystemExit(f"STAT exam {n} did not reach the reader within 30 s")
             time.sleep(0.005)
-        return self.latencies
+        return [self._arrivals[exam_id] - at for exam_id, at in sent.items()]
 
 
-def stat_latencies(broker: Broker, sender: Broker, stats: int, offset: int, events: bool) -> list[float]:
+def stat_latencies(broker: Broker, sender: StatSender, stats: int, offset: int, events: bool) -> list[float]:
     """StatClock latencies to the worker's handler while it reads the routine backlog."""
     clock = StatClock()
 
@@ -338,7 +381,7 @@ class RawPikaReader:
             self._consumer.basic_ack(self._unconfirmed.pop(tag))
 
 
-def raw_stat_latencies(url: str, sender: Broker, stats: int, offset: int, events: bool) -> list[float]:
+def raw_stat_latencies(url: str, sender: StatSender, stats: int, offset: int, events: bool) -> list[float]:
     """As stat_latencies, with RawPikaReader in the worker's place."""
     clock = StatClock()
     reader = RawPikaReader(url, clock.arrived, events)
@@ -357,7 +400,7 @@ def top_up(broker: Broker, queue: str, count: int, offset: int) -> int:
     return broker.message_count(queue)
 
 
-def stat_isolation(broker: Broker, sender: Broker, url: str, args: argparse.Namespace) -> None:
+def stat_isolation(broker: Broker, sender: StatSender, url: str, args: argparse.Namespace) -> None:
     """Rounds of (empty queue, backlog) back to back, the worker's and raw pika's; one p99 over ``args.stats`` each."""
     lab = exam_queue("lab")
     events = not args.stat_no_events
@@ -461,7 +504,7 @@ def main() -> None:
                   f"{'':>35}{median_ratio(evented, raw_c):>5.2f}x            "
                   f"(the default: one ledger event per exam, confirmed before its ack; not judged)")  # fmt: skip
 
-            with connect(url) as sender:
+            with StatSender(url) as sender:
                 stat_isolation(broker, sender, url, args)
     finally:
         drop_vhost(vhost)
