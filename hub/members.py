@@ -21,7 +21,7 @@ from typing import Any, Literal
 import uvicorn
 
 from adapters import hl7v2
-from hub.mllp import Framer, Oversized, frame
+from hub.mllp import Framer, Oversized, Unfinished, frame
 
 __all__ = ["FhirReceiver", "MllpReceiver", "Received"]
 
@@ -57,6 +57,8 @@ class MllpReceiver:
         try:
             while chunk := await reader.read(65536):
                 for item in framer.feed(chunk):
+                    if isinstance(item, Unfinished):  # its sender gave up on it
+                        continue
                     message = item.head if isinstance(item, Oversized) else item
                     self.received.append(Received(message, time.monotonic()))
                     self.arrived.set()

@@ -7,11 +7,15 @@
 ``MllpClient`` sends a frame and waits for the reply frame, over asyncio
 streams: report egress, ``hub replay`` and the tests use it.
 
-Bytes outside a frame (line noise, a sender's stray CR) are skipped, and a
-frame its sender abandoned (a new start byte before its end) is dropped. A
-frame larger than the limit is not buffered whole: its first ``HEAD_BYTES`` are
-kept, however the stream was cut into reads, so the listener can still answer
-it (MSH-10) and park what it saw.
+Bytes outside a frame (line noise, a sender's stray CR) are skipped. A frame
+that never ends comes out as ``Unfinished``, for the listener to park: one its
+sender abandoned (a new start byte before its end), or one cut off when the
+stream ends (``end_of_stream``). A frame ended by FS alone, without the CR,
+is taken whole when the next start byte or the end of the stream shows that
+nothing more belongs to it, as lenient MLLP receivers do. A frame larger than
+the limit is not buffered whole: its first ``HEAD_BYTES`` are kept, however the
+stream was cut into reads, so the listener can still answer it (MSH-10) and
+park what it saw.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 from hub.errors import HubError
 
-__all__ = ["END", "HEAD_BYTES", "START", "Framer", "MllpClient", "MllpError", "Oversized", "frame"]
+__all__ = ["END", "HEAD_BYTES", "START", "Framer", "MllpClient", "MllpError", "Oversized", "Unfinished", "frame"]
 
 START = b"\x0b"
 END = b"\x1c\r"
@@ -40,6 +44,15 @@ class Oversized:
     size: int  # its whole size
 
 
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """A frame that never reached its end block: what was kept of it (at most HEAD_BYTES), and why."""
+
+    head: bytes
+    size: int  # bytes received of it
+    reason: str
+
+
 def frame(payload: bytes) -> bytes:
     return START + payload + END
 
@@ -48,9 +61,10 @@ class Framer:
     """Whole frames out of a byte stream, fed as it arrives; no sockets, so it is tested by feeding bytes.
 
     A start byte inside an unfinished frame means its sender gave up on it and began again (VT never
-    occurs inside an HL7 message in UTF-8, GBK or GB18030): the unfinished bytes are dropped and the
-    new frame is read. Past ``max_frame_bytes`` a frame's first ``HEAD_BYTES`` are kept and the rest
-    is only counted, so memory stays bounded whatever a sender does.
+    occurs inside an HL7 message in UTF-8, GBK or GB18030): the unfinished bytes come out as
+    ``Unfinished`` and the new frame is read, unless they end with FS, which then ended the frame.
+    Past ``max_frame_bytes`` a frame's first ``HEAD_BYTES`` are kept and the rest is only counted,
+    so memory stays bounded whatever a sender does.
     """
 
     def __init__(self, max_frame_bytes: int = 16 * 1024 * 1024) -> None:
@@ -66,8 +80,8 @@ class Framer:
         """Bytes of an unfinished frame received so far (0 between frames)."""
         return self._size if self._in_frame else 0
 
-    def feed(self, data: bytes) -> list[bytes | Oversized]:
-        out: list[bytes | Oversized] = []
+    def feed(self, data: bytes) -> list[bytes | Oversized | Unfinished]:
+        out: list[bytes | Oversized | Unfinished] = []
         pos, length = 0, len(data)
         while pos < length:
             if not self._in_frame:
@@ -86,8 +100,8 @@ class Framer:
             stop = length if end < 0 else end
             restart = data.find(START, pos, stop)
             if restart >= 0:  # a new frame began before this one ended
-                self._begin()
-                pos = restart + 1
+                self._append(data, pos, restart)
+                out.append(self._end_before_restart())
                 continue
             self._append(data, pos, stop)
             if end < 0:
@@ -95,6 +109,29 @@ class Framer:
             out.append(self._finish())
             pos = end + len(END)
         return out
+
+    def end_of_stream(self, reason: str) -> bytes | Oversized | Unfinished | None:
+        """The frame in progress when the stream ends: whole if FS ended it, else Unfinished with ``reason``."""
+        if not self._in_frame:
+            return None
+        if self._ends_with_fs:
+            self._drop_last()
+            return self._finish()
+        return self._unfinished(reason)
+
+    def _end_before_restart(self) -> bytes | Oversized | Unfinished:
+        if self._ends_with_fs:
+            self._drop_last()
+            return self._finish()
+        return self._unfinished("abandoned: a new start block (VT) came before its end block (FS CR)")
+
+    def _unfinished(self, reason: str) -> Unfinished:
+        item = Unfinished(bytes(self._buffer[:HEAD_BYTES]), self._size, reason)
+        self._buffer.clear()
+        self._size = 0
+        self._in_frame = False
+        self._ends_with_fs = False
+        return item
 
     def _begin(self) -> None:
         self._buffer.clear()
@@ -140,7 +177,7 @@ class MllpClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._framer = Framer()
-        self._ready: list[bytes | Oversized] = []
+        self._ready: list[bytes | Oversized] = []  # reply frames; an Unfinished one is no reply
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader_alive = self._reader is not None and not self._reader.at_eof()  # a member may drop idle connections
@@ -174,7 +211,7 @@ class MllpClient:
             chunk = await reader.read(65536)
             if not chunk:
                 raise MllpError(f"{self.host}:{self.port} closed the connection without a reply")
-            self._ready += self._framer.feed(chunk)
+            self._ready += [item for item in self._framer.feed(chunk) if not isinstance(item, Unfinished)]
         reply = self._ready.pop(0)
         return reply.head if isinstance(reply, Oversized) else reply
 

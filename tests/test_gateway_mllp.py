@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from brokers import broker_urls, declared_empty, take_all
+from brokers import broker_urls, declared_empty, take, take_all
 
 from adapters import hl7v2
 from hub import errors
@@ -430,7 +430,11 @@ def test_garbage_and_abandoned_frames_do_not_stop_a_good_message(
         assert reply.all("ERR")
     assert Ack(sender.send(sample("lab-oml-o21.hl7"))).code == "AA"
     assert len(queued_exams(hub_broker)) == 2
-    assert [d.body for d in take_all(hub_broker, PARKED)] == [
+    abandoned, *refused = take_all(hub_broker, PARKED)
+    assert abandoned.body == b"MSH|^~\\&|LIS|" + YUQIAN.encode() + b"|half a mess"  # parked, never answered
+    assert "abandoned: a new start block (VT) came before its end block" in abandoned.headers["x-hub-error"]
+    assert abandoned.headers["x-hub-origin"] == YUQIAN
+    assert [d.body for d in refused] == [
         b"",
         b"\x00\xff\xfe not hl7 at all",
         "MSH|^~\\&|张".encode("gbk"),
@@ -449,11 +453,38 @@ def test_the_listener_survives_senders_that_leave_early(
     rude.close()
     sender = Sender(listener.port)
     assert Ack(sender.send(sample("imaging-ct-orm.hl7"))).code == "AA"
-    # The half frame was never a message: nothing of it is kept. The whole one may have been taken.
-    assert hub_broker.message_count(PARKED) == 0
+    # The half frame was never a message: it is parked with why, and gets no ACK. The whole one may
+    # have been taken.
+    (cut,) = take(hub_broker, PARKED, 1)
+    assert cut.body == sample("lab-liver-utf8.hl7")[:100]
+    assert "cut off: the connection ended before its end block (FS CR); 100 bytes" in cut.headers["x-hub-error"]
     placers = {e.placer_order for e in queued_exams(hub_broker)}
     assert "TH-RIS-20240303-0021" in placers
     assert placers <= {"TH-RIS-20240303-0021", "GH-LAB-20240304-0003"}
+
+
+def test_a_sender_that_ends_frames_with_fs_alone_is_answered(listen: Callable[..., MllpListener]) -> None:
+    sender = Sender(listen().port)
+    first, second = sample("lab-oml-o21.hl7"), sample("imaging-ct-orm.hl7")
+    sender.write(VT + first + b"\x1c" + VT + second + b"\x1c")  # no CR after FS
+    assert Ack(sender.reply()).code == "AA"  # whole once the next frame began
+    sender.sock.shutdown(socket.SHUT_WR)
+    assert Ack(sender.reply()).code == "AA"  # whole once the stream ended
+
+
+def test_a_frame_left_open_is_parked_once_the_connection_is_idle(
+    listen: Callable[..., MllpListener], hub_broker: Broker
+) -> None:
+    listener = listen(idle_timeout=0.3)
+    open_ended = Sender(listener.port)
+    open_ended.write(VT + f"MSH|^~\\&|LIS|{YUQIAN}|于潜|".encode("gb18030"))
+    assert open_ended.closed_by_peer()  # no ACK: the connection closes once it is idle again
+    (parked,) = take(hub_broker, PARKED, 1)
+    assert "no end block (FS CR) came within gateways.mllp.idle_timeout (0.3 s)" in parked.headers["x-hub-error"]
+    assert parked.headers["x-hub-origin"] == YUQIAN
+    fs_only = Sender(listener.port)
+    fs_only.write(VT + sample("lab-oml-o21.hl7") + b"\x1c")  # and then waits for its ACK
+    assert Ack(fs_only.reply()).code == "AA"  # answered once the connection was idle
 
 
 def test_an_idle_connection_is_closed(listen: Callable[..., MllpListener]) -> None:

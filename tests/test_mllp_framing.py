@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.mllp import END, HEAD_BYTES, START, Framer, MllpClient, MllpError, Oversized, frame
+from hub.mllp import END, HEAD_BYTES, START, Framer, MllpClient, MllpError, Oversized, Unfinished, frame
 
 MESSAGE = "MSH|^~\\&|LIS|12330112472334561L|CONSORTIUM-HUB|12330112470101234B|||ORU^R01|YQ0007|P|2.5.1\rPID|1||||张伟\r"
 RAW = MESSAGE.encode("gb18030")
 
 
-def feed_in_chunks(framer: Framer, data: bytes, size: int) -> list[bytes | Oversized]:
-    out: list[bytes | Oversized] = []
+def feed_in_chunks(framer: Framer, data: bytes, size: int) -> list[bytes | Oversized | Unfinished]:
+    out: list[bytes | Oversized | Unfinished] = []
     for at in range(0, len(data), size):
         out += framer.feed(data[at : at + size])
     return out
@@ -55,12 +55,40 @@ def test_back_to_back_frames_in_one_feed_and_an_empty_frame() -> None:
     assert Framer().feed(frame(b"a") + frame(b"") + frame(RAW)) == [b"a", b"", RAW]
 
 
-def test_a_frame_abandoned_by_a_new_start_byte_is_dropped() -> None:
+ABANDONED = "abandoned: a new start block (VT) came before its end block (FS CR)"
+
+
+def test_a_frame_abandoned_by_a_new_start_byte_comes_out_unfinished() -> None:
     framer = Framer()
     assert framer.feed(START + b"MSH|^~\\&|half of a mess") == []
     assert framer.pending > 0
-    assert framer.feed(frame(RAW)) == [RAW]
-    assert Framer().feed(START + b"half" + frame(b"whole")) == [b"whole"]
+    assert framer.feed(frame(RAW)) == [Unfinished(b"MSH|^~\\&|half of a mess", 23, ABANDONED), RAW]
+    assert Framer().feed(START + b"half" + frame(b"whole")) == [Unfinished(b"half", 4, ABANDONED), b"whole"]
+
+
+def test_an_unfinished_frame_keeps_only_its_head() -> None:
+    payload = RAW + b"x" * (2 * HEAD_BYTES)
+    (cut,) = feed_in_chunks(Framer(max_frame_bytes=1000), START + payload + START, 4096)
+    assert cut == Unfinished(payload[:HEAD_BYTES], len(payload), ABANDONED)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 10**6])
+def test_a_frame_ended_by_fs_alone_is_whole_once_the_next_frame_starts(chunk: int) -> None:
+    stream = START + RAW + b"\x1c" + START + b"next" + b"\x1c"
+    framer = Framer()
+    assert feed_in_chunks(framer, stream, chunk) == [RAW]
+    assert framer.end_of_stream("cut off") == b"next"  # and at the end of the stream
+
+
+def test_the_end_of_the_stream_gives_the_frame_in_progress_with_its_reason() -> None:
+    framer = Framer()
+    assert framer.end_of_stream("cut off") is None
+    framer.feed(b"noise between frames")
+    assert framer.end_of_stream("cut off") is None
+    framer.feed(START + RAW[:40])
+    assert framer.end_of_stream("cut off") == Unfinished(RAW[:40], 40, "cut off")
+    assert framer.pending == 0
+    assert framer.feed(frame(b"again")) == [b"again"]
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000, HEAD_BYTES + 3, 10**7])

@@ -13,7 +13,11 @@ Each message gets one original-mode ACK, sent only once the broker has settled i
 A member is known by MSH-4 (its institution code or one of its ``hl7_facilities``), which picks
 its fallback charset for messages without MSH-18 and becomes the exams' origin. A frame over
 ``max_frame_bytes`` is answered AE from its head (the first ``hub.mllp.HEAD_BYTES``, which hold
-the MSH), and only that head is parked, with the whole size in the reason.
+the MSH), and only that head is parked, with the whole size in the reason. A frame that never
+ends (abandoned for a new one, cut off by the connection's end, or still open when the connection
+has been idle for ``idle_timeout``) is parked with that reason and gets no ACK: its sender has
+none to wait for, or no longer waits. A frame ended by FS without CR is read and answered once the
+next frame or the end of the stream shows it is whole.
 
 Each connection is an ``asyncio.Protocol``, which is faster than a StreamReader/StreamWriter pair:
 no reader task and no second buffer per connection, the framer sees each read as it comes, and
@@ -40,7 +44,7 @@ from hub.config import Config, Institution, MllpGateway
 from hub.envelope import Exam
 from hub.errors import AdapterError, BrokerError, ConfigError, InvalidMessage, MissingField, Problem, raised_at
 from hub.intake import Intake
-from hub.mllp import Framer, Oversized, frame
+from hub.mllp import Framer, Oversized, Unfinished, frame
 
 __all__ = ["MllpListener", "start_mllp"]
 
@@ -108,6 +112,8 @@ class MllpListener:
             await asyncio.wait([c.closed for c in connections], timeout=timeout)
             for connection in connections:
                 connection.abort()
+        if self._shared.parking:
+            await asyncio.wait(list(self._shared.parking), timeout=timeout)
         await self._server.wait_closed()
         log.info("MLLP listener on port %d closed", self.port)
 
@@ -120,6 +126,12 @@ class _Shared:
     settings: MllpGateway
     connections: set[_Connection] = field(default_factory=set)
     closing: bool = False
+    parking: set[asyncio.Task[None]] = field(default_factory=set)  # frames of connections already gone
+
+    def park_later(self, item: Unfinished, peer: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.responder.park_unfinished(item, peer))
+        self.parking.add(task)
+        task.add_done_callback(self.parking.discard)
 
 
 class _Connection(asyncio.Protocol):
@@ -128,7 +140,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
         self._framer = Framer(shared.settings.max_frame_bytes)
-        self._inbox: deque[bytes | Oversized] = deque()
+        self._inbox: deque[bytes | Oversized | Unfinished] = deque()
         self._transport: asyncio.Transport | None = None
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -159,6 +171,7 @@ class _Connection(asyncio.Protocol):
         self._kick()
 
     def eof_received(self) -> bool:
+        self._end_of_stream("cut off: the connection ended before its end block (FS CR)")
         self._finishing = True
         self._kick()
         # Keep the write side open to answer what came; TLS cannot half-close, so there asyncio closes.
@@ -175,11 +188,16 @@ class _Connection(asyncio.Protocol):
         self._shared.connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
-        if self._framer.pending:
-            log.warning("%s: connection closed mid-frame, %d bytes dropped", self.peer, self._framer.pending)
-        if self._inbox:  # never answered, so their sender will send them again
-            log.warning("%s: connection closed with %d message(s) unanswered", self.peer, len(self._inbox))
-            self._inbox.clear()
+        cut = self._framer.end_of_stream("cut off: the connection was lost before its end block (FS CR)")
+        if cut is not None:
+            self._inbox.append(cut)
+        unanswered = [item for item in self._inbox if not isinstance(item, Unfinished)]
+        if unanswered:  # never answered, so their sender will send them again
+            log.warning("%s: connection closed with %d message(s) unanswered", self.peer, len(unanswered))
+        for item in self._inbox:
+            if isinstance(item, Unfinished):
+                self._shared.park_later(item, self.peer)
+        self._inbox.clear()
         self._writable.set()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -215,6 +233,9 @@ class _Connection(asyncio.Protocol):
                 self._resume_reading()
                 self._busy = True
                 try:
+                    if isinstance(item, Unfinished):
+                        await self._shared.responder.park_unfinished(item, self.peer)
+                        continue
                     reply = await self._shared.responder.reply(item, self.peer)
                 finally:
                     self._busy = False
@@ -244,6 +265,11 @@ class _Connection(asyncio.Protocol):
         if self._busy:  # waiting on the broker is not the sender being idle
             self._rearm()
             return
+        idle = self._shared.settings.idle_timeout
+        if self._end_of_stream(f"cut off: no end block (FS CR) came within gateways.mllp.idle_timeout ({idle:g} s)"):
+            self._rearm()  # answer or park it first; the next idle period closes the connection
+            self._kick()
+            return
         log.info("%s: idle for %g s, closing", self.peer, self._shared.settings.idle_timeout)
         if self._transport is None:
             return
@@ -251,6 +277,13 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
         else:  # it stopped reading its ACKs too: nothing left to flush to
             self._transport.abort()
+
+    def _end_of_stream(self, reason: str) -> bool:
+        """Queue the frame in progress, whole or Unfinished with ``reason``; whether there was one."""
+        item = self._framer.end_of_stream(reason)
+        if item is not None:
+            self._inbox.append(item)
+        return item is not None
 
 
 class _Responder:
@@ -298,6 +331,18 @@ class _Responder:
             reply = hl7v2.ack(raw, "AR", _FAILED, charset=charset)
             _log(peer, reply, charset, origin, "AR", f"failed: {type(exc).__name__} at {raised_at(exc)}", logging.ERROR)
             return reply
+
+    async def park_unfinished(self, item: Unfinished, peer: str) -> None:
+        """Keep a frame that never ended, with why; it gets no ACK (its sender gave up on it, or left)."""
+        problem = InvalidMessage(f"MLLP frame {item.reason}; {item.size} bytes received", location="MLLP")
+        try:
+            institution, _ = self._member(item.head)
+            charset, origin = (institution.charset, institution.code) if institution else (None, None)
+            await self.intake.park(item.head, problem, format="hl7v2", origin=origin, peer=peer, charset=charset)
+        except Exception as exc:  # logged, and the listener stays up; the sender had no ACK, so it sends again
+            log.error("%s: could not park an unfinished frame of %d bytes: %s", peer, item.size, type(exc).__name__)
+            return
+        log.warning("%s: parked an unfinished frame of %d bytes from %s: %s", peer, item.size, origin, item.reason)
 
     async def _read(self, raw: bytes, charset: str | None, origin: str | None) -> list[Exam]:
         read = partial(hl7v2.read, raw, charset=charset, origin=origin, centres=self.config.routing)
