@@ -7,7 +7,8 @@
 human reading (its report comes later through ``submit_report``). It may
 ``raise Retry(delay)`` to try again later or ``raise Reject(reason)`` to park
 the exam; any other exception is retried through the delay queues and parked
-once they are used up. Handlers never ack: ``_settle`` is the one place that
+once they are used up, and so is a return value that is not a Report or a
+report that cannot be published. Handlers never ack: ``_settle`` is the one place that
 does, and only after the broker has confirmed whatever the outcome published.
 A report is confirmed before its exam is acked, so a crash in between gives a
 duplicate report with the same report_id, never a lost one.
@@ -51,6 +52,7 @@ log = logging.getLogger("hub.worker")
 
 Handler = Callable[[Exam], Report | None]
 ATTEMPT = "x-hub-attempt"
+REQUEUE_PAUSE = 0.5  # seconds before an exam the broker would not take goes back to its queue
 
 
 class Retry(Exception):  # read as a verb in handlers: raise Retry(30)
@@ -143,7 +145,16 @@ class Worker:
         while not self._stopping.is_set():
             delivery = self._lanes.take(stat_only, timeout=0.1)
             if delivery is not None and delivery.live:  # not live: its channel is gone, RabbitMQ redelivers it
-                self._settle(delivery)
+                self._settle_or_give_back(delivery)
+
+    def _settle_or_give_back(self, delivery: Delivery) -> None:
+        """``_settle``, but a fault in it costs neither this handler thread nor the delivery."""
+        try:
+            self._settle(delivery)
+        except Exception as exc:
+            # _settle hands the delivery on as its last step, to _when_confirmed, which does not raise:
+            # if it raised, nothing else will settle the delivery.
+            self._give_back_after_fault(delivery, exc)
 
     # -- the ack policy
 
@@ -164,9 +175,23 @@ class Worker:
             log.warning("handler failed on exam %s: %s", exam.exam_id, type(exc).__name__)
             self._retry_or_park(delivery, exam, exc, None, started)
         else:
+            self._publish_report(delivery, exam, report, started)
+
+    def _publish_report(self, delivery: Delivery, exam: Exam, report: object, pending: list[Future[None]]) -> None:
+        """Publish what the handler returned, then ack; a report that cannot be published is a handler failure."""
+        try:
             if report is not None:
-                started.append(submit_report_async(self.broker, report, events=self.events))
-            self._when_confirmed(started, lambda error: self._after_report(delivery, exam, error))
+                pending.append(self._submit_report(report))
+        except Exception as exc:
+            log.warning("the handler's report for exam %s could not be published: %s", exam.exam_id, type(exc).__name__)
+            self._retry_or_park(delivery, exam, exc, None, pending)
+            return
+        self._when_confirmed(delivery, pending, lambda error: self._after_report(delivery, exam, error))
+
+    def _submit_report(self, report: object) -> Future[None]:
+        if not isinstance(report, Report):  # the Handler type says so, but nothing enforces it
+            raise TypeError(f"the handler returned a {type(report).__name__}, not a Report or None")
+        return submit_report_async(self.broker, report, events=self.events)
 
     def _after_report(self, delivery: Delivery, exam: Exam, error: BaseException | None) -> None:
         if error is None:
@@ -175,7 +200,7 @@ class Worker:
             self._park_or_requeue(delivery, exam, "report unroutable", error, [])
         else:
             log.warning("report for exam %s not confirmed (%s); the exam goes back", exam.exam_id, error)
-            delivery.reject(requeue=True)
+            self._requeue_later(delivery)
 
     def _event(self, kind: EventKind, exam: Exam, detail: str | None = None) -> Future[None]:
         return self.broker.publish(event_message(exam_event(kind, exam, datetime.now(UTC), detail=detail)))
@@ -220,36 +245,55 @@ class Worker:
                 delivery.ack()
                 return
             log.warning("could not move exam %s (%s); it goes back to its queue", delivery.message_id, error)
-            # Not at once: a broker that refuses now would hand it straight back.
-            timer = threading.Timer(0.5, delivery.reject, kwargs={"requeue": True})
-            timer.daemon = True
-            timer.start()
+            self._requeue_later(delivery)
 
-        self._when_confirmed(futures, settle)
+        self._when_confirmed(delivery, futures, settle)
 
-    def _when_confirmed(self, futures: list[Future[None]], then: Callable[[BaseException | None], None]) -> None:
+    def _requeue_later(self, delivery: Delivery) -> None:
+        """Give ``delivery`` back after a pause: a broker that refuses now would hand it straight back."""
+        timer = threading.Timer(REQUEUE_PAUSE, _requeue, args=(delivery,))
+        timer.daemon = True
+        timer.start()
+
+    def _when_confirmed(
+        self, delivery: Delivery, futures: list[Future[None]], then: Callable[[BaseException | None], None]
+    ) -> None:
         """``then(error)`` once ``futures`` are confirmed (error None) or one failed, on whichever thread settles it.
 
-        The handler thread does not wait for confirms, so a confirm round trip per exam does not
-        cap a worker's rate; ``stop`` waits for the acks still owed.
+        From here on ``then`` owns ``delivery``; this does not raise, and if ``then`` does, the
+        delivery goes back to its queue. The handler thread does not wait for confirms, so a confirm
+        round trip per exam does not cap a worker's rate; ``stop`` waits for the acks still owed.
         """
         if not futures:  # nothing was published in the exam's place (events off, human reading): settle now
-            then(None)
+            self._then_or_give_back(delivery, then, None)
             return
+        confirmed = all_confirmed(futures)
         with self._owed:
             self._owed_count += 1
 
-        def done(confirmed: Future[None]) -> None:
+        def done(outcome: Future[None]) -> None:
             try:
-                then(confirmed.exception())
-            except Exception:  # an ack on a lost channel; RabbitMQ redelivers the exam
-                log.exception("settling an exam failed")
+                self._then_or_give_back(delivery, then, outcome.exception())
             finally:
                 with self._owed:
                     self._owed_count -= 1
                     self._owed.notify_all()
 
-        all_confirmed(futures).add_done_callback(done)
+        confirmed.add_done_callback(done)
+
+    def _then_or_give_back(
+        self, delivery: Delivery, then: Callable[[BaseException | None], None], error: BaseException | None
+    ) -> None:
+        try:
+            then(error)
+        except Exception as exc:
+            self._give_back_after_fault(delivery, exc)
+
+    def _give_back_after_fault(self, delivery: Delivery, fault: Exception) -> None:
+        # The class only: an exception's text may quote the patient.
+        log.error("settling exam %s failed: %s; it goes back to its queue", delivery.message_id, type(fault).__name__)
+        log.debug("settling exam %s failed", delivery.message_id, exc_info=fault)
+        self._requeue_later(delivery)
 
 
 class _Lanes:
@@ -284,6 +328,13 @@ class _Lanes:
             if not stat_only and self._routine:
                 return self._routine.popleft()
             return None
+
+
+def _requeue(delivery: Delivery) -> None:
+    try:
+        delivery.reject(requeue=True)
+    except Exception as exc:  # its channel is gone: RabbitMQ redelivers it anyway
+        log.warning("could not give exam %s back: %s", delivery.message_id, type(exc).__name__)
 
 
 def _attempt(delivery: Delivery) -> int:
