@@ -212,6 +212,30 @@ def test_a_message_that_keeps_failing_is_parked_at_the_delivery_limit(hub_broker
     assert delivery.headers["x-death"][0]["reason"] == "delivery_limit"
 
 
+def test_a_consumer_that_raises_gives_its_delivery_back_and_deliveries_go_on(
+    hub_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    counts: list[int] = []
+
+    def broken(delivery: Delivery) -> None:
+        counts.append(delivery.delivery_count)
+        raise RuntimeError("a bug in the consumer, about 张伟")
+
+    hub_broker.consume(exam_queue("lab"), broken, prefetch=1)
+    got, _ = collect(hub_broker, stat_queue("ecg"))
+    hub_broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN), 1)).result(WAIT)
+    hub_broker.publish(exam(exam_routing_key("ecg", "stat", ORIGIN), 2)).result(WAIT)
+    assert got.get(timeout=WAIT).message_id == "ex-2"
+    # Given back each time it raised, the message is parked at the delivery limit, as a requeue is.
+    parked, _ = collect(hub_broker, parked_queue("lab"))
+    delivery = parked.get(timeout=WAIT)
+    assert delivery.message_id == "ex-1"
+    assert delivery.headers["x-death"][0]["reason"] == "delivery_limit"
+    assert counts == list(range(DELIVERY_LIMIT + 1))
+    assert "RuntimeError" in caplog.text
+    assert "张伟" not in caplog.text  # the class of the error only: its text may carry a patient's data
+
+
 def test_a_retry_waits_in_its_delay_queue_then_returns_to_its_lane(hub_broker: Broker) -> None:
     key = exam_routing_key("ecg", "stat", ORIGIN)
     sent = time.monotonic()

@@ -12,6 +12,7 @@ Nothing survives the process: it is not a durable broker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -27,6 +28,8 @@ from hub.loop import LoopThread
 from hub.topology import Topology
 
 __all__ = ["MemoryBroker"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -244,7 +247,16 @@ class MemoryBroker(Broker):
                     self._lock.wait(None if due is None else max(0.0, due - time.monotonic()))
                     continue
             subscription, delivery = nxt
-            subscription.on_delivery(delivery)  # outside the lock, as pika calls back on its own thread
+            try:
+                subscription.on_delivery(delivery)  # outside the lock, as pika calls back on its own thread
+            except Exception as exc:
+                # A consumer's bug must not end this thread, the only one delivering: give the message back.
+                log.error(
+                    "a consumer of %s raised %s; its delivery goes back to the queue",
+                    delivery.queue,
+                    type(exc).__name__,
+                )
+                delivery.reject(requeue=True)  # nothing when the consumer settled it before raising
 
     def settle(self, subscription: _MemorySubscription, tag: int, *, requeue: bool | None) -> None:
         """Ack (requeue None), requeue, or dead-letter one delivery."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from hub.loop import LoopThread
 from hub.topology import Topology
 
 __all__ = ["RabbitMQBroker"]
+
+log = logging.getLogger(__name__)
 
 _BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -69,7 +72,10 @@ class RabbitMQBroker(Broker):
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
         self._backlog: list[tuple[Message, AnyFuture]] = []  # waiting for the publishing channel to reopen
+        # One declaration or count at a time: a refusal closes the admin channel under every call on it.
+        self._admin_lock = threading.Lock()
         self._admin_call: Future[Any] | None = None  # the declaration in progress on the admin channel
+        self._admin_backlog: tuple[Callable[[], None], Future[Any]] | None = None  # waiting for it to reopen
         self._subscriptions: list[_Subscription] = []
         self._attempt = 0
         self._closing = False
@@ -99,7 +105,7 @@ class RabbitMQBroker(Broker):
         self._attempt = 0
         connection.channel(on_open_callback=self._on_publisher_open)
         connection.channel(on_open_callback=self._on_admin_open)
-        for subscription in self._subscriptions:
+        for subscription in list(self._subscriptions):  # a copy: cancelling one removes it
             subscription.open(connection)
 
     def _on_publisher_open(self, channel: Channel) -> None:
@@ -116,6 +122,9 @@ class RabbitMQBroker(Broker):
         self._admin = channel
         channel.add_on_close_callback(self._on_admin_closed)
         self._maybe_ready()
+        if self._admin_backlog is not None:
+            (run, future), self._admin_backlog = self._admin_backlog, None
+            _run(run, future)
 
     def _maybe_ready(self) -> None:
         if self._publisher is not None and self._admin is not None:
@@ -136,7 +145,10 @@ class RabbitMQBroker(Broker):
         pending, self._pending = self._pending, {}
         backlog, self._backlog = self._backlog, []
         admin_call, self._admin_call = self._admin_call, None
+        admin_backlog, self._admin_backlog = self._admin_backlog, None
         futures = [entry.future for entry in pending.values()] + [future for _message, future in backlog]
+        if admin_backlog is not None:
+            futures.append(admin_backlog[1])
         for future in [*futures, admin_call]:
             if future is not None:
                 _settle(future, error)
@@ -257,12 +269,17 @@ class RabbitMQBroker(Broker):
         def run() -> None:
             channel = self._admin
             if channel is None or not channel.is_open:
-                raise BrokerUnavailable("no open channel to RabbitMQ")
+                connection = self._connection
+                if connection is None or not connection.is_open:
+                    raise BrokerUnavailable("no open channel to RabbitMQ")
+                self._admin_backlog = (run, future)  # the channel is reopening after a refusal
+                return
             self._admin_call = future
             operation(channel, lambda frame: _settle(future, frame))
 
-        self._call(run, future)
-        return wait(future)
+        with self._admin_lock:  # held until this call's outcome, so no other call shares its channel
+            self._call(run, future)
+            return wait(future)
 
     def _on_admin_closed(self, _channel: Channel, reason: Any) -> None:
         self._admin = None
@@ -308,31 +325,29 @@ class RabbitMQBroker(Broker):
     def consume(self, queue: str, on_delivery: Callable[[Delivery], None], *, prefetch: int) -> Subscription:
         self._refuse_on_loop("consume")
         subscription = _Subscription(self, queue, on_delivery, prefetch)
-        self._subscriptions.append(subscription)
         opened: Future[None] = Future()
 
         def run() -> None:
             connection = self._connection
             if connection is None or not connection.is_open:
                 raise BrokerUnavailable("no connection to RabbitMQ")
+            self._subscriptions.append(subscription)  # here, so a reconnect cannot open it before this does
             subscription.open(connection, opened)
 
         self._call(run, opened)
         try:
             wait(opened)
         except BrokerError:
-            self._subscriptions.remove(subscription)
+            subscription.cancel()  # a channel that opens after the wait gave up closes at once
             raise
         return subscription
 
     def reopen_later(self, subscription: _Subscription, delay: float = 1.0) -> None:
         def reopen() -> None:
             connection = self._connection
-            if self._closing or subscription.cancelled or connection is None or not connection.is_open:
+            if self._closing or connection is None or not connection.is_open:
                 return
-            if subscription.channel_open:
-                return
-            subscription.open(connection)
+            subscription.open(connection)  # nothing when cancelled, or when the reconnect has reopened it
 
         self._io.loop.call_later(delay, reopen)
 
@@ -369,67 +384,89 @@ class RabbitMQBroker(Broker):
 
 
 class _Subscription(Subscription):
+    """A consumer on one channel at a time, opened again when that channel or the connection closes.
+
+    ``_channel`` is the subscription's channel from ``connection.channel()`` until it closes, opening
+    or open: the closed channel and the reconnect both reopen the subscription, and only the first
+    makes a channel. Each delivery settles on the channel it came on, through that channel's own
+    ``_Acks``; once the channel is closed the settle is dropped and RabbitMQ redelivers the message.
+    """
+
     def __init__(self, broker: RabbitMQBroker, queue: str, on_delivery: Callable[[Delivery], None], prefetch: int):
         self._broker = broker
         self.queue = queue
         self._on_delivery = on_delivery
         self._prefetch = prefetch
         self._channel: Channel | None = None
-        self._acks: _Acks | None = None
+        self._acks: _Acks | None = None  # the open channel's
         self._cancelled = False
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled
 
-    @property
-    def channel_open(self) -> bool:
-        return self._channel is not None and bool(self._channel.is_open)
-
     def open(self, connection: AsyncioConnection, opened: Future[None] | None = None) -> None:
-        def on_channel(channel: Channel) -> None:
-            self._channel = channel
-            self._acks = _Acks(channel, self._broker.loop)
-            channel.add_on_close_callback(lambda _ch, reason: self._on_closed(reason, opened))
-            channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _f: start(channel))
+        """Consume on a new channel (I/O thread), unless cancelled or a channel is opening or open already."""
+        if self._cancelled or self._channel is not None:
+            return
+        channel = connection.channel(on_open_callback=partial(self._on_channel, opened))
+        self._channel = channel
+        channel.add_on_close_callback(partial(self._on_closed, opened))
+
+    def _is_current(self, channel: Channel) -> bool:
+        return self._channel is channel
+
+    def _on_channel(self, opened: Future[None] | None, channel: Channel) -> None:
+        if self._cancelled or not self._is_current(channel):
+            channel.close()  # cancelled while it opened
+            return
+        acks = _Acks(channel, self._broker.loop)
+        self._acks = acks
+        channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _frame: self._start(channel, acks, opened))
+
+    def _start(self, channel: Channel, acks: _Acks, opened: Future[None] | None) -> None:
+        if self._cancelled or not channel.is_open:
+            return  # cancel() is closing it
 
         def started(_frame: Any) -> None:
             if opened is not None:
                 _settle(opened, None)
 
-        def start(channel: Channel) -> None:
-            channel.basic_consume(self._broker._named(self.queue), self._on_message, callback=started)
+        channel.basic_consume(self._broker._named(self.queue), partial(self._on_message, acks), callback=started)
 
-        if not self._cancelled:
-            connection.channel(on_open_callback=on_channel)
-
-    def _on_closed(self, reason: Any, opened: Future[None] | None) -> None:
-        self._channel = None
+    def _on_closed(self, opened: Future[None] | None, channel: Channel, reason: Any) -> None:
+        if not self._is_current(channel):
+            return
+        self._channel = self._acks = None
         if opened is not None and not opened.done():
             _settle(opened, BrokerError(f"cannot consume from {self.queue!r}: {reason}"))
             return
-        # The broker closed this channel alone (consumer_timeout, a channel error): consume again. A lost
-        # connection is handled by the reconnect, which reopens every subscription.
-        self._broker.reopen_later(self)
+        # The broker closed this channel alone (consumer_timeout, a channel error): consume again. After a
+        # lost connection the reconnect reopens every subscription too; whichever comes first opens it.
+        if not self._cancelled:
+            self._broker.reopen_later(self)
 
-    def _on_message(self, channel: Channel, method: Any, properties: BasicProperties, body: bytes) -> None:
-        acks = self._acks
-        assert acks is not None  # made with the channel, before its consumer
+    def _on_message(self, acks: _Acks, channel: Channel, method: Any, properties: BasicProperties, body: bytes) -> None:
         acks.delivered(method.delivery_tag)
-        self._on_delivery(
-            _RabbitDelivery(
-                self._broker,
-                channel,
-                acks,
-                method.delivery_tag,
-                queue=self.queue,
-                routing_key=method.routing_key,
-                body=body,
-                message_id=properties.message_id or "",
-                headers=properties.headers or {},
-                redelivered=bool(method.redelivered),
-            )
+        delivery = _RabbitDelivery(
+            self._broker,
+            channel,
+            acks,
+            method.delivery_tag,
+            queue=self.queue,
+            routing_key=method.routing_key,
+            body=body,
+            message_id=properties.message_id or "",
+            headers=properties.headers or {},
+            redelivered=bool(method.redelivered),
         )
+        try:
+            self._on_delivery(delivery)
+        except Exception as exc:
+            # Raised into pika, it would drop the connection; as the in-process broker does, give it back.
+            log.error("a consumer of %s raised %s; its delivery goes back to the queue", self.queue, type(exc).__name__)
+            if not delivery.settled:
+                delivery.reject(requeue=True)
 
     def flush_acks(self) -> None:
         """Send the acks not yet sent (I/O thread): before the channel or the connection is closed."""
@@ -437,11 +474,11 @@ class _Subscription(Subscription):
             self._acks.flush()
 
     def cancel(self) -> None:
-        self._cancelled = True
-        if self in self._broker._subscriptions:
-            self._broker._subscriptions.remove(self)
+        self._cancelled = True  # at once: a channel still opening closes as soon as it opens
 
         def shut() -> None:
+            if self in self._broker._subscriptions:
+                self._broker._subscriptions.remove(self)
             channel = self._channel
             if channel is not None and channel.is_open:
                 self.flush_acks()
@@ -509,6 +546,7 @@ class _RabbitDelivery(Delivery):
         self._channel = channel
         self._acks = acks
         self._tag = tag
+        self.settled = False  # ack or reject called
 
     @property
     def live(self) -> bool:
@@ -525,9 +563,11 @@ class _RabbitDelivery(Delivery):
         self._broker.in_io_thread(run)
 
     def ack(self) -> None:
+        self.settled = True
         self._settle(lambda: self._acks.ack(self._tag))
 
     def reject(self, *, requeue: bool) -> None:
+        self.settled = True
         self._settle(lambda: self._acks.reject(self._tag, requeue))
 
 
