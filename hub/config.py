@@ -11,6 +11,8 @@ the file, the key path (``institutions[2].egress``) and what is wrong.
 from __future__ import annotations
 
 import codecs
+import hashlib
+import hmac
 import os
 import tomllib
 from datetime import date, timedelta
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hub.envelope import Centre, Priority
-from hub.errors import ConfigError
+from hub.errors import ConfigError, DecodeError
 from hub.ids import valid_uscc
 
 __all__ = [
@@ -115,11 +117,9 @@ class Institution(_Section):
     @field_validator("charset")
     @classmethod
     def _charset_is_known(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                codecs.lookup(value)
-            except LookupError:
-                raise ValueError(f"unknown character set {value!r}; use e.g. GB18030, GBK or UTF-8") from None
+        problem = _charset_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("egress", mode="before")
@@ -241,6 +241,15 @@ class Config(_Section):
         for n, code in enumerate(codes):
             if code in codes[:n]:
                 raise ValueError(f"institution {code} appears twice (institutions[{n}])")
+        facilities = {code: n for n, code in enumerate(codes)}  # an MSH-4 value -> the institution it names
+        for n, institution in enumerate(self.institutions):
+            for alias in institution.hl7_facilities:
+                owner = facilities.setdefault(alias, n)
+                if owner != n:
+                    raise ValueError(
+                        f"institutions[{n}].hl7_facilities {alias!r} already names {codes[owner]}"
+                        f" (institutions[{owner}]); each MSH-4 value must name one institution"
+                    )
         if self.consortium.lead not in codes:
             raise ValueError(f"consortium.lead {self.consortium.lead} is not among the institutions")
         seen: dict[str, str] = {}
@@ -293,7 +302,16 @@ class Config(_Section):
         return next((i for i in self.institutions if facility == i.code or facility in i.hl7_facilities), None)
 
     def institution_by_token(self, token: str) -> Institution | None:
-        return next((i for i in self.institutions if token and i.token() == token), None)
+        """The member whose FHIR token this is, compared with every member's in constant time."""
+        # Digests are compared, so that neither the tokens' lengths nor where they differ leak.
+        given = hashlib.sha256(token.encode()).digest()
+        matches = [
+            institution
+            for institution in self.institutions
+            if (expected := institution.token())
+            and hmac.compare_digest(given, hashlib.sha256(expected.encode()).digest())
+        ]
+        return matches[0] if token and matches else None
 
     def sla(self, centre: Centre, priority: Priority) -> timedelta:
         minutes = self.centres.get(centre, CentreConfig()).sla_minutes.get(priority)
@@ -334,6 +352,27 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{file}: the config must be UTF-8 ({exc.reason} at byte {exc.start})") from exc
     return parse_config(text, source=str(file), base=file.resolve().parent)
+
+
+def _charset_problem(charset: str) -> str | None:
+    """Why the HL7 v2 reader, the DICOM reader or the report writer cannot use ``charset``; None if all can."""
+    from adapters.dicom._text import resolve_fallback_charset  # noqa: PLC0415  (lazy: it brings pydicom)
+    from adapters.hl7v2._charset import codec_for  # noqa: PLC0415
+
+    try:
+        resolve_fallback_charset(charset)
+        codecs.lookup(charset)  # hub.gateways.egress picks the reports' charset with it
+        others_take_it = True
+    except (DecodeError, LookupError):
+        others_take_it = False
+    codec = codec_for(charset)
+    if codec is not None and others_take_it:
+        return None
+    hint = f"; write {codec.upper()}" if codec else ""
+    return (
+        f"unknown character set {charset!r}: the HL7 v2 and DICOM readers and the report writer all take"
+        f" GB18030, GBK, GB2312, UTF-8, ASCII, ISO-8859-1 or BIG5{hint}"
+    )
 
 
 def _message(text: str) -> str:

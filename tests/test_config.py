@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+import hub.config
+from adapters.dicom._text import resolve_fallback_charset
+from adapters.hl7v2._charset import codec_for
 from hub.config import Egress, load_config, parse_config
 from hub.errors import ConfigError
+from hub.gateways.egress import report_charset
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "consortium.toml"
@@ -81,6 +86,9 @@ def test_unset_data_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
         (MINIMAL.replace("mllp://127.0.0.1:6601", "mllp://127.0.0.1"), "institutions[1].egress", "host and a port"),
         (MINIMAL.replace("mllp://127.0.0.1:6601", "ftp://x"), "institutions[1].egress", "mllp://host:port"),
         (MINIMAL + 'charset = "KLINGON"\n', "institutions[1].charset", "unknown character set"),
+        (MINIMAL + 'charset = "windows-1252"\n', "institutions[1].charset", "GB18030, GBK"),  # not in HL7 v2
+        (MINIMAL + 'charset = "GB 18030-2000"\n', "institutions[1].charset", "write GB18030"),  # not in DICOM
+        (MINIMAL + 'charset = "ISO_IR 192"\n', "institutions[1].charset", "write UTF-8"),  # not a Python codec
         (MINIMAL + 'colour = "red"\n', "institutions[1].colour", "Extra inputs"),
         (MINIMAL.replace('lead = "12330112470101234B"', 'lead = "123301124767189052"'), "(top level)", "lead"),
         (MINIMAL.replace('["YQ_CT01"]', '["THIS_AE_TITLE_IS_TOO_LONG"]'), "institutions[1].ae_titles[0]", "16"),
@@ -106,6 +114,68 @@ def test_two_members_cannot_share_an_ae_title_or_a_token() -> None:
     )
     with pytest.raises(ConfigError, match="token"):
         parse_config(tokens)
+
+
+CHANGHUA = '\n[[institutions]]\ncode = "12330112473455672X"\nname = "昌化镇卫生院"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "alias"),
+    [
+        (
+            MINIMAL + 'hl7_facilities = ["12330112470101234B"]\n',
+            "'12330112470101234B' already names 12330112470101234B",
+        ),
+        (
+            MINIMAL + 'hl7_facilities = ["CH"]\n' + CHANGHUA + 'hl7_facilities = ["CH"]\n',
+            "'CH' already names 12330112472334561L",
+        ),
+        (
+            MINIMAL + 'hl7_facilities = ["12330112473455672X"]\n' + CHANGHUA,
+            "'12330112473455672X' already names 12330112473455672X",
+        ),
+    ],
+)
+def test_an_hl7_facility_names_one_institution_only(text: str, alias: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="临安.toml")
+    message = str(caught.value)
+    assert message.startswith("临安.toml: (top level): institutions[")
+    assert ".hl7_facilities " + alias in message
+
+
+def test_an_institution_may_list_its_own_code_and_an_alias_twice() -> None:
+    config = parse_config(MINIMAL + 'hl7_facilities = ["12330112472334561L", "YQ", "YQ"]\n' + CHANGHUA)
+    assert config.institution_by_facility("YQ").code == "12330112472334561L"  # type: ignore[union-attr]
+    assert config.institution_by_facility("12330112473455672X").name == "昌化镇卫生院"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("charset", ["GB18030", "GBK", "gb2312", "UTF-8", "utf8", "ASCII", "ISO-8859-1", "Big5"])
+def test_a_charset_the_config_takes_every_reader_takes(charset: str) -> None:
+    member = parse_config(MINIMAL + f'charset = "{charset}"\n').institution("12330112472334561L")
+    assert member is not None and member.charset == charset
+    assert codec_for(charset) is not None
+    assert resolve_fallback_charset(charset)
+    assert report_charset(member) in ("gb18030", "utf-8")
+
+
+def test_a_token_is_compared_in_constant_time_with_every_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = MINIMAL.replace('egress = "mllp://127.0.0.1:6601"', 'fhir_token = "t1"') + CHANGHUA + 'fhir_token = "t2"\n'
+    config = parse_config(text)
+    compared: list[tuple[bytes, bytes]] = []
+    compare_digest = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return compare_digest(a, b)
+
+    monkeypatch.setattr(hub.config.hmac, "compare_digest", spy)
+    assert config.institution_by_token("t1").code == "12330112472334561L"  # type: ignore[union-attr]
+    assert len(compared) == 2  # the match did not stop the comparison with the next member's
+    assert len({len(a) for pair in compared for a in pair}) == 1  # digests: the lengths tell nothing
+    assert config.institution_by_token("t2").code == "12330112473455672X"  # type: ignore[union-attr]
+    assert config.institution_by_token("令牌") is None  # not ASCII: no match, no TypeError
+    assert config.institution_by_token("") is None
 
 
 def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:

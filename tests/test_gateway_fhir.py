@@ -204,7 +204,7 @@ def test_every_bad_sample_is_refused_where_it_is_wrong_and_parked(gateway: Gatew
 # -- refused at the door: no token, too large, not FHIR JSON, no such path
 
 
-def test_refusals_at_the_door_are_outcomes_and_nothing_is_published_or_parked(broker: Broker, tmp_path: Path) -> None:
+def test_refusals_at_the_door_are_outcomes_and_only_a_members_body_is_parked(broker: Broker, tmp_path: Path) -> None:
     with running_gateway(broker, tmp_path, max_body_bytes=16 * 1024) as gateway:
         raw = sample(LAB)  # 18 KiB
         assert len(raw) > 16 * 1024
@@ -226,6 +226,13 @@ def test_refusals_at_the_door_are_outcomes_and_nothing_is_published_or_parked(br
         declared = gateway.post(raw)
         assert declared.status_code == 413
         assert [i["code"] for i in outcome(declared)] == ["too-costly"]
+        [parked] = take(broker, parked_queue("intake"), 1)
+        assert parked.body == raw[: 16 * 1024]  # read up to the limit, no further
+        assert parked.headers["x-hub-error"] == (
+            f"the body is over this hub's limit of 16384 bytes ({len(raw)} bytes by its Content-Length)"
+            " (gateways.fhir.max_body_bytes); it was cut at 16384 bytes"
+        )
+        assert parked.headers["x-hub-origin"] == CHANGHUA
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: refused once the limit is passed
             yield raw
@@ -238,11 +245,22 @@ def test_refusals_at_the_door_are_outcomes_and_nothing_is_published_or_parked(br
             headers={"content-type": FHIR_JSON, "authorization": f"Bearer {TOKENS[CHANGHUA]}"},
         )
         assert streamed.status_code == 413
+        [parked] = take(broker, parked_queue("intake"), 1)
+        assert parked.body == raw[: 16 * 1024]
+        assert parked.headers["x-hub-error"].endswith("(gateways.fhir.max_body_bytes); it was cut at 16384 bytes")
 
-        for content_type in ("application/xml", "text/plain", "application/fhir+json; charset=gbk", ""):
-            response = gateway.post(raw, content_type=content_type)
+        small = sample("imaging-servicerequest.json")  # 3 KiB, in every content type FHIR JSON may come as
+        unsupported = ("application/xml", "text/plain", "application/fhir+json; charset=gbk", "")
+        for content_type in unsupported:
+            response = gateway.post(small, content_type=content_type)
             assert response.status_code == 415, content_type
             assert [i["code"] for i in outcome(response)] == ["not-supported"]
+        parked_415 = take(broker, parked_queue("intake"), len(unsupported))
+        for content_type, delivery in zip(unsupported, parked_415, strict=True):
+            assert delivery.body == small
+            assert delivery.headers["x-hub-park-reason"] == "refused"
+            assert delivery.headers["x-hub-error"].endswith(f"not {content_type or 'no Content-Type'}")
+            assert delivery.headers["x-hub-origin"] == CHANGHUA
 
         nowhere = httpx.post(gateway.listener.url + "/Patient", content=b"{}")
         assert nowhere.status_code == 404
@@ -251,9 +269,8 @@ def test_refusals_at_the_door_are_outcomes_and_nothing_is_published_or_parked(br
         assert wrong.status_code == 405
         assert wrong.headers["allow"] == "POST"
         assert [i["code"] for i in outcome(wrong)] == ["not-supported"]
-        assert queues_are_empty(broker, exam_queue("lab"), parked_queue("intake"), LEDGER)
+        assert queues_are_empty(broker, exam_queue("lab"), exam_queue("imaging"), parked_queue("intake"), LEDGER)
 
-        small = sample("imaging-servicerequest.json")  # 3 KiB, in every content type FHIR JSON may come as
         fine = ("application/fhir+json", "application/json; charset=UTF-8", "application/fhir+json; fhirVersion=4.0")
         for content_type in fine:
             assert gateway.post(small, content_type=content_type).status_code == 202, content_type
@@ -337,18 +354,38 @@ def test_an_adapter_fault_is_a_500_the_input_is_kept_and_no_patient_data_is_logg
     assert gateway.post(sample(ECG)).status_code == 202
 
 
-def test_an_unexpected_failure_after_reading_is_a_500_not_a_dead_listener(
-    memory_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+def test_an_unexpected_failure_after_reading_is_a_500_the_input_is_kept_and_the_listener_lives(
+    memory_gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def failing_accept(*args: object, **kwargs: object) -> list[Exam]:
-        raise RuntimeError("disk on fire")
+    gateway = memory_gateway
 
-    monkeypatch.setattr(memory_gateway.intake, "accept", failing_accept)
-    response = memory_gateway.post(sample(LAB))
+    async def failing_accept(*args: object, **kwargs: object) -> list[Exam]:
+        raise RuntimeError("张伟 330112195803141238")
+
+    monkeypatch.setattr(gateway.intake, "accept", failing_accept)
+    with caplog.at_level(logging.DEBUG, logger="hub"):
+        response = gateway.post(sample(LAB))
     assert response.status_code == 500
     assert [i["code"] for i in outcome(response)] == ["exception"]
+    [parked] = take(gateway.broker, parked_queue("intake"), 1)
+    assert parked.body == sample(LAB)
+    assert parked.headers["x-hub-error"] == "the hub failed to take the exams (RuntimeError)"
+    assert parked.headers["x-hub-origin"] == CHANGHUA
+
+    async def failing_park(*args: object, **kwargs: object) -> None:
+        raise KeyError("张伟 330112195803141238")
+
+    monkeypatch.setattr(gateway.intake, "park", failing_park)
+    with caplog.at_level(logging.DEBUG, logger="hub"):
+        response = gateway.post(sample(LAB))
+    assert response.status_code == 500  # parking failed too: still the hub's fault, not a retry
+    assert [i["code"] for i in outcome(response)] == ["exception"]
+    assert "RuntimeError" in caplog.text and "KeyError" in caplog.text
+    assert "张伟" not in caplog.text and "330112195803141238" not in caplog.text
+    assert queues_are_empty(gateway.broker, parked_queue("intake"), exam_queue("lab"))
+
     monkeypatch.undo()
-    assert memory_gateway.post(sample(LAB)).status_code == 202
+    assert gateway.post(sample(LAB)).status_code == 202
 
 
 def test_metadata_is_an_r4_capability_statement_without_a_token(memory_gateway: Gateway) -> None:

@@ -25,10 +25,13 @@ its code overrides whatever sender the Bundle names. Answers:
     401  no bearer token (login) or an unknown one (security)
     404, 405, 413, 415  the wrong path, method, size or content type
     503  the broker did not confirm, so nothing was taken: try again after Retry-After
-    500  a fault of the hub's own; the body is parked all the same
+    500  a fault of the hub's own; the body is parked all the same (if it can be: 500 either way)
 
-Input the hub refuses is parked on ``hub.parked.intake`` with its problems before the sender
-hears why; when parking fails too, the answer is 503, so the sender keeps its copy.
+A member's input that the hub refuses (400, 413, 415, 422) is parked on ``hub.parked.intake`` with
+its problems before the sender hears why; when parking fails too, the answer is 503, so the sender
+keeps its copy. Of a body over ``max_body_bytes`` only that many bytes are read and parked, with a
+reason that says where it was cut. Requests without a member's token, and wrong paths or methods,
+are refused with nothing parked.
 
 The search answers a searchset Bundle built by ``hub.gateways.fhir_search``; the token's
 institution is who looked, in the registry's audit trail.
@@ -98,6 +101,14 @@ Send = Callable[[ASGIMessage], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class _Cut:
+    """The first ``max_body_bytes`` of a body over the limit; ``declared`` is its Content-Length, if given."""
+
+    head: bytes
+    declared: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Answer:
     status: int
     resource: Mapping[str, Any]
@@ -154,11 +165,18 @@ class FhirApp:
         institution = self._sender(headers.get("authorization"), peer)
         if path == DIAGNOSTIC_REPORT:
             return await self._search(scope, headers.get("host"), institution.code)
-        _check_content_type(headers.get("content-type"))
         raw = await self._body(headers.get("content-length"), receive)
         if raw is None:
             log.info("fhir: %s disconnected before its body arrived", institution.code)
             return None
+        if isinstance(raw, _Cut):
+            log.warning("fhir: refused input from %s: over the size limit", institution.code)
+            return await self._park(raw.head, self._cut_reason(raw), institution.code, peer) or self._too_large()
+        unsupported = _content_type_problem(headers.get("content-type"))
+        if unsupported is not None:
+            log.warning("fhir: refused input from %s: not FHIR JSON by its Content-Type", institution.code)
+            refused = _outcome(415, "error", "not-supported", unsupported)
+            return await self._park(raw, unsupported, institution.code, peer) or refused
         return await self._take(raw, institution.code, peer, messages_only=path == PROCESS_MESSAGE)
 
     def _sender(self, authorization: str | None, peer: str | None) -> Institution:
@@ -175,11 +193,12 @@ class FhirApp:
             raise _Refused(_outcome(401, "error", "security", text, headers=(("www-authenticate", challenge),)))
         return institution
 
-    async def _body(self, declared: str | None, receive: Receive) -> bytes | None:
-        """The request body; refused as soon as it is known to exceed the limit, never buffered whole."""
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise _Refused(self._too_large())
-        chunks: list[bytes] = []
+    async def _body(self, declared: str | None, receive: Receive) -> bytes | _Cut | None:
+        """The request body, or its first ``max_body_bytes`` once it is known to exceed them; None on disconnect."""
+        limit = self.max_body_bytes
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        over = length is not None and length > limit
+        body = bytearray()
         size = 0
         while True:
             message = await receive()
@@ -187,11 +206,10 @@ class FhirApp:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _Refused(self._too_large())
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+            body += chunk[: limit - len(body)]
+            over = over or size > limit
+            if (over and len(body) == limit) or not message.get("more_body", False):
+                return _Cut(bytes(body), length) if over else bytes(body)
 
     async def _search(self, scope: Mapping[str, Any], host: str | None, who: str) -> _Answer:
         """The searchset of recognised results; the registry's blocking I/O runs off the loop."""
@@ -206,6 +224,13 @@ class FhirApp:
 
     def _too_large(self) -> _Answer:
         return _outcome(413, "error", "too-costly", f"the body is over this hub's limit of {self.max_body_bytes} bytes")
+
+    def _cut_reason(self, cut: _Cut) -> str:
+        size = f" ({cut.declared} bytes by its Content-Length)" if cut.declared is not None else ""
+        return (
+            f"the body is over this hub's limit of {self.max_body_bytes} bytes{size}"
+            f" (gateways.fhir.max_body_bytes); it was cut at {len(cut.head)} bytes"
+        )
 
     async def _take(self, raw: bytes, origin: str, peer: str | None, *, messages_only: bool) -> _Answer:
         """Read, then publish the exams or park the input; the answer says which, once it is confirmed."""
@@ -228,6 +253,11 @@ class FhirApp:
         except (BrokerError, OSError) as exc:  # OSError: the blob store could not keep the source
             log.warning("fhir: %d exam(s) from %s not confirmed: %s", len(exams), origin, type(exc).__name__)
             return _retry_later("the hub could not store the exams")
+        except Exception as exc:  # a fault of the hub's own: keep the input, answer 500
+            log.error("fhir: intake failed on input from %s: %s at %s", origin, type(exc).__name__, raised_at(exc))
+            return await self._kept_for_repair(
+                raw, f"the hub failed to take the exams ({type(exc).__name__})", origin, peer
+            )
         log.info("fhir: accepted %s from %s", " ".join(e.exam_id for e in accepted), origin)
         return _Answer(202, _accepted_outcome(accepted))
 
@@ -235,6 +265,16 @@ class FhirApp:
         if messages_only:
             _require_message_bundle(raw)
         return fhir.read(raw, origin=origin, centres=self.config.routing)
+
+    async def _kept_for_repair(self, raw: bytes, fault: str, origin: str, peer: str | None) -> _Answer:
+        """The 500 for a fault of the hub's own, once the input is parked; parking may fail too."""
+        try:
+            await self.intake.park(raw, fault, format="fhir", origin=origin, peer=peer)
+            kept = "the message is kept for repair, not accepted"
+        except Exception as exc:
+            log.error("fhir: input from %s could not be parked either: %s", origin, type(exc).__name__)
+            kept = "it was not accepted: send it again later"
+        return _outcome(500, "error", "exception", f"{fault}; {kept}")
 
     async def _park(self, raw: bytes, error: AdapterError | str, origin: str, peer: str | None) -> _Answer | None:
         """Keep refused input with its reason: None once the broker has it, else the 503 to answer."""
@@ -246,7 +286,8 @@ class FhirApp:
         return None
 
 
-def _check_content_type(value: str | None) -> None:
+def _content_type_problem(value: str | None) -> str | None:
+    """Why the hub does not read a body of this Content-Type, or None if it does."""
     media, *parameters = (value or "").split(";")
     options = {k.strip().lower(): v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in parameters)}
     if (
@@ -254,9 +295,8 @@ def _check_content_type(value: str | None) -> None:
         and options.get("charset", "utf-8") in ("utf-8", "utf8")
         and options.get("fhirversion", "4.0").startswith("4.0")
     ):
-        return
-    text = f"send FHIR R4 JSON as application/fhir+json; charset=utf-8, not {value or 'no Content-Type'}"
-    raise _Refused(_outcome(415, "error", "not-supported", text))
+        return None
+    return f"send FHIR R4 JSON as application/fhir+json; charset=utf-8, not {value or 'no Content-Type'}"
 
 
 def _require_message_bundle(raw: bytes) -> None:
