@@ -140,8 +140,15 @@ def _load_handler(spec: str) -> object:
 
 def _logging() -> None:
     import logging
+    import warnings
+
+    from pydicom import config as pydicom_config  # imported first: its import sets the "pydicom" logger's level
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # pydicom's warnings quote the data set ("Unknown encoding '<(0008,0005) as sent>'"), which may be a
+    # patient's name; the adapter reports what it cannot read without the text. Out of the log and stderr.
+    pydicom_config.logger.setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pydicom")
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

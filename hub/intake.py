@@ -18,6 +18,7 @@ large) and the located problems the adapter gave.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -95,10 +96,13 @@ class Intake:
             messages += [event_message(exam_event("exam.accepted", exam, now)) for exam in exams]
         return messages
 
+    def _park_blobs(self, raw: bytes) -> BlobStore | None:
+        """The blob store that parked ``raw`` goes to when it is too large to go inline; else None."""
+        return self.blobs if len(raw) > INLINE_PARK_LIMIT else None
+
     def _parked(self, raw: bytes, error: AdapterError | str, **where: str | None) -> Message:
-        blob_uri = None
-        if len(raw) > INLINE_PARK_LIMIT and self.blobs is not None:
-            blob_uri = self.blobs.put(raw).uri
+        blobs = self._park_blobs(raw)
+        blob_uri = None if blobs is None else blobs.put(raw).uri
         return parked_input_message(raw, error, blob_uri=blob_uri, **where)
 
     # -- on the broker's loop (MLLP, FHIR)
@@ -123,7 +127,11 @@ class Intake:
         charset: str | None = None,
     ) -> None:
         """Keep ``raw`` on ``hub.parked.intake`` with its problems; confirmed on return."""
-        message = self._parked(raw, error, format=format, origin=origin, peer=peer, charset=charset)
+        parked = functools.partial(self._parked, raw, error, format=format, origin=origin, peer=peer, charset=charset)
+        if self._park_blobs(raw) is None:
+            message = parked()
+        else:  # writing and fsyncing the blob on the loop would stall every connection and the broker's I/O
+            message = await asyncio.get_running_loop().run_in_executor(None, parked)
         await _confirmed(self.broker, [message])
 
     # -- from other threads (the DICOM SCP's association threads)

@@ -1,17 +1,20 @@
 """The `hub` command: read, schemas, demo (on both brokers); and format detection behind them."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 from benches import run_bench
 from brokers import AMQP_URL, require_rabbitmq
+from pydicom.charset import convert_encodings
 
 import adapters
-from hub.cli import main
+from hub.cli import _logging, main
 from hub.errors import DecodeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +67,21 @@ def test_hub_schemas_check_passes_on_the_repo_and_fails_on_drift(tmp_path: Path)
     assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
     assert main(["schemas", "write", "--dir", str(tmp_path)]) == 0
     assert main(["schemas", "check", "--dir", str(tmp_path)]) == 0
+
+
+def test_the_logging_set_up_keeps_pydicoms_warnings_which_quote_input_out(caplog: pytest.LogCaptureFixture) -> None:
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            _logging()
+            assert convert_encodings(["GE MEDICAL SYSTEMS"]) == [
+                "iso8859"
+            ]  # a corrupt (0008,0005), as pydicom reads it
+        assert pydicom_logger.getEffectiveLevel() == logging.ERROR
+        assert "GE MEDICAL SYSTEMS" not in caplog.text and shown == []
+    finally:
+        pydicom_logger.setLevel(level)
 
 
 def run_demo(*args: str, broker: str = "memory://") -> subprocess.CompletedProcess[str]:

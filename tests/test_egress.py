@@ -24,7 +24,7 @@ from hub.config import Config
 from hub.envelope import Coding, Exam, Patient, Performer, Report, ReportStatus, Source
 from hub.errors import BrokerUnavailable
 from hub.events import Event
-from hub.gateways.egress import Egress
+from hub.gateways.egress import Egress, _MllpEndpoint
 from hub.ids import derive_exam_id
 from hub.loop import LoopThread
 from hub.mllp import Framer, frame
@@ -511,6 +511,33 @@ def test_a_dropped_connection_is_opened_again_without_costing_an_attempt(
         (event,) = memory_ledger.events(1)
     assert (event.attempts, event.detail) == (1, "AA")
     assert gb.connections == 2 and len(gb.accepted) == 2
+
+
+def test_a_failure_in_delivery_is_logged_without_its_text_and_the_report_goes_again(
+    memory_hub: Broker,
+    memory_ledger: Collector,
+    member: Callable[..., MllpMember],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)  # as hub serve logs
+    send = _MllpEndpoint.send
+    failed: list[bool] = []
+
+    async def failing_once(self: _MllpEndpoint, report: Report, payload: bytes) -> Any:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a bug quoting 王秀英 11010519491231002X")
+        return await send(self, report, payload)
+
+    monkeypatch.setattr(_MllpEndpoint, "send", failing_once)
+    gb = member()
+    with running(Egress(memory_hub, consortium(**{GB_MEMBER: gb.url}))):
+        submit_report(memory_hub, make_report(GB_MEMBER, 1))
+        (event,) = memory_ledger.events(1)
+    assert event.kind == "report.delivered" and len(gb.accepted) == 1
+    assert "王秀英" not in caplog.text and "11010519491231002X" not in caplog.text
+    assert "RuntimeError at " in caplog.text and "test_egress.py:" in caplog.text
 
 
 # -- broker trouble

@@ -8,11 +8,13 @@ message gives 0xA700 and keeps nothing; an unknown calling AE title never gets a
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
 import socket
 import subprocess
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -34,8 +36,8 @@ from hub.broker import Broker
 from hub.config import DicomGateway, load_config
 from hub.envelope import Exam
 from hub.gateways.dicom import DicomListener, start_dicom
-from hub.intake import Intake
-from hub.store.blobs import BlobStore
+from hub.intake import INLINE_PARK_LIMIT, Intake
+from hub.store.blobs import Blob, BlobStore
 from hub.topology import LEDGER, STUDIES, Topology, exam_queue, parked_queue, stat_queue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,11 +102,11 @@ def as_dcmtk_sends(path: Path) -> Dataset:
     return dataset
 
 
-def part10(data_set: bytes) -> bytes:
-    """A Part 10 file whose meta says CT Image Storage, a new instance, and whose data set is whatever it is given."""
+def part10(data_set: bytes, instance: str | None = None) -> bytes:
+    """A Part 10 file whose meta says CT Image Storage and ``instance`` (else a new one), around ``data_set``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = instance or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = DicomBytesIO()
     out.write(b"\x00" * 128 + b"DICM")
@@ -318,6 +320,7 @@ def test_a_data_set_in_the_wrong_charset_is_cannot_understand_and_parked(
         ("bad-truncated.dcm", 0xC000, "(7FE0,0010): the input is truncated", 0x7FE00010),
         ("bad-sr-unsupported.dcm", 0xA900, "(0008,0016): SOP class 1.2.840.10008.5.1.4.1.1.88.11", 0x00080016),
         ("instance-uid-mismatch", 0xA900, "(0008,0018): the data set's SOP Instance UID is not", 0x00080018),
+        ("class-uid-mismatch", 0xA900, "(0008,0016): the data set's SOP Class UID is not", 0x00080016),
     ],
 )
 def test_bad_instances_get_a_failure_status_and_are_parked_with_their_blob(
@@ -335,6 +338,9 @@ def test_bad_instances_get_a_failure_status_and_are_parked_with_their_blob(
         raw = (SAMPLES / name).read_bytes()
     elif name == "instance-uid-mismatch":  # the request names another instance than the data set
         raw = part10(data_set_bytes(SAMPLES / "ct-gbk-no-charset.dcm"))
+    elif name == "class-uid-mismatch":  # an MR data set, its own instance UID, sent as CT Image Storage
+        mr = SAMPLES / "mr-iso2022-ir58.dcm"
+        raw = part10(data_set_bytes(mr), dcmread(mr).SOPInstanceUID)
     else:  # a text file, and an SR, sent under the CT context
         raw = part10((SAMPLES / name).read_bytes() if name == "bad-not-dicom.dcm" else data_set_bytes(SAMPLES / name))
     file = tmp_path / "sent.dcm"
@@ -431,3 +437,26 @@ def test_close_refuses_new_associations(listen: Callable[..., DicomListener]) ->
     listener.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", listener.port), timeout=WAIT)
+
+
+# -- the Intake the gateways share
+
+
+def test_a_large_input_is_parked_with_its_blob_written_off_the_brokers_loop(hub_broker: Broker, tmp_path: Path) -> None:
+    writers: list[threading.Thread] = []
+
+    class Recording(BlobStore):
+        def put(self, data: bytes | bytearray | memoryview) -> Blob:
+            writers.append(threading.current_thread())
+            return super().put(data)
+
+    intake = Intake(hub_broker, Recording(tmp_path / "blobs", fsync=False))
+
+    async def park() -> threading.Thread:  # as the MLLP and FHIR gateways do, on the broker's loop
+        await intake.park(b"x" * (INLINE_PARK_LIMIT + 1), "refused", format="hl7v2")
+        return threading.current_thread()
+
+    loop_thread = asyncio.run_coroutine_threadsafe(park(), hub_broker.loop).result(WAIT)
+    assert len(writers) == 1 and writers[0] is not loop_thread
+    (parked,) = take_all(hub_broker, PARKED)
+    assert parked.body == b"" and parked.headers["x-hub-blob"]

@@ -20,7 +20,7 @@ Failure statuses, each with an Error Comment (at most 64 ASCII characters, never
 
     0xA700  out of resources: the broker did not confirm, or the disk failed; the modality retries
     0xA900  the data set does not match its SOP class: a class no centre reads, sent under another's
-            context, or a SOP Instance UID that is not the request's
+            context, or a SOP Class or Instance UID that is not the request's
     0xC000  cannot understand: the adapter's first problem, tag first ("(0010,0010): non-ASCII ...")
     0xC211  the gateway itself failed (pynetdicom's status for a failing handler)
 
@@ -41,9 +41,11 @@ import socket
 import socketserver
 import threading
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -101,6 +103,7 @@ CANNOT_UNDERSTAND = 0xC000
 HANDLER_FAILED = 0xC211
 _COMMENT_LIMIT = 64  # Error Comment (0000,0902) is LO
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_SOP_CLASS_UID = 0x00080016
 
 
 class _QuickAckSocket(socket.socket):
@@ -158,6 +161,7 @@ class _Instance:
 
     raw: bytes  # the Part 10 file: preamble, meta, data set as sent
     uid: str  # the request's Affected SOP Instance UID
+    sop_class: str  # the request's Affected SOP Class UID
     institution: Institution
     peer: str
 
@@ -183,6 +187,7 @@ class _Handlers:
         instance = _Instance(
             event.encoded_dataset(),
             str(event.request.AffectedSOPInstanceUID),
+            str(event.request.AffectedSOPClassUID),
             self.by_title[str(event.assoc.requestor.ae_title).strip()],  # checked at association
             _peer(event),
         )
@@ -212,13 +217,17 @@ class _Handlers:
             unsupported = isinstance(error, UnsupportedMessage) and error.location == "(0008,0016)"
             return self._refuse(instance, blob, error, DATA_SET_MISMATCH if unsupported else CANNOT_UNDERSTAND)
         if exam.source.message_id != instance.uid:
-            mismatch = InvalidMessage(
-                "the data set's SOP Instance UID is not the C-STORE request's Affected SOP Instance UID",
-                location="(0008,0018)",
-            )
-            return self._refuse(instance, blob, mismatch, DATA_SET_MISMATCH)
+            return self._mismatch(instance, blob, "SOP Instance UID", "(0008,0018)")
+        if _sop_class(instance.raw) != instance.sop_class:
+            return self._mismatch(instance, blob, "SOP Class UID", "(0008,0016)")
         self._publish(instance, stored_instance(exam, blob))
         return _status(SUCCESS)
+
+    def _mismatch(self, instance: _Instance, blob: Blob, element: str, location: str) -> Dataset:
+        """Refuse a data set whose ``element`` is not the C-STORE request's Affected ``element``."""
+        error = InvalidMessage(f"the data set's {element} is not the C-STORE request's Affected {element}",
+                               location=location)  # fmt: skip
+        return self._refuse(instance, blob, error, DATA_SET_MISMATCH)
 
     def _refuse(self, instance: _Instance, blob: Blob, error: AdapterError, code: int) -> Dataset:
         """Park the instance with its problems, then answer ``code`` naming the first of them."""
@@ -283,6 +292,12 @@ def _contexts() -> list[PresentationContext]:
 def _peer(event: Any) -> str:
     requestor = event.assoc.requestor
     return f"{requestor.address}:{requestor.port}"
+
+
+def _sop_class(raw: bytes) -> str:
+    """The data set's SOP Class UID (0008,0016), which the adapter's Exam does not carry: read up to it only."""
+    dataset = read_partial(BytesIO(raw), stop_when=lambda tag, _vr, _length: tag > _SOP_CLASS_UID)
+    return str(dataset.get("SOPClassUID", ""))
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:

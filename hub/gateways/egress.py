@@ -46,7 +46,7 @@ from adapters import fhir, hl7v2
 from hub.broker import CONFIRM_TIMEOUT, Broker, Delivery, Message, Subscription
 from hub.config import Config, Institution
 from hub.envelope import Report
-from hub.errors import AdapterError, BrokerError, BrokerUnavailable, EnvelopeError
+from hub.errors import AdapterError, BrokerError, BrokerUnavailable, EnvelopeError, raised_at
 from hub.events import event_message, report_event
 from hub.mllp import MllpClient, MllpError
 from hub.topology import EGRESS, PARKED, report_queue
@@ -312,8 +312,11 @@ class Egress:
             if delivery.live:  # else its channel is gone and RabbitMQ redelivers it
                 try:
                     await self._deliver(lane, delivery)
-                except Exception:  # a bug must not silence the member's egress; the report goes back
-                    log.exception("egress to %s failed on report %s", lane.institution.code, delivery.message_id)
+                except Exception as exc:  # a bug must not silence the member's egress; the report goes back
+                    # The class only: an exception's text might quote the report. The traceback is at DEBUG.
+                    log.error("egress to %s failed on report %s: %s at %s", lane.institution.code,
+                              delivery.message_id, type(exc).__name__, raised_at(exc))  # fmt: skip
+                    log.debug("egress failure", exc_info=True)
                     if await self._pause(_PAUSE):
                         delivery.reject(requeue=True)
 
