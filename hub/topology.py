@@ -82,7 +82,11 @@ INTAKE: Final[Stage] = "intake"
 EGRESS: Final[Stage] = "egress"
 STAGES: tuple[Stage, ...] = (INTAKE, EGRESS)
 RETRY_DELAYS: tuple[int, ...] = (5, 30, 300)  # seconds: the backoff of a retried exam
-DELIVERY_LIMIT = 5  # deliveries before a crashing message is parked by the broker itself
+# Deliveries before a message that keeps killing its worker is parked by the broker itself. RabbitMQ
+# 3.10 counts every return, not only crashes: each graceful restart or reconnect hands back the
+# exams a worker had buffered but not started (up to its prefetch per lane). At 5, a handful of
+# restarts during a backlog parked exams that never failed.
+DELIVERY_LIMIT = 20
 
 ExchangeType = Literal["topic", "direct", "fanout"]
 CENTRES: tuple[Centre, ...] = get_args(Centre)

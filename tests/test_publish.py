@@ -21,7 +21,7 @@ from hub.envelope import SCHEMA_VERSION, Exam, Report
 from hub.errors import PublishRefused
 from hub.events import Event
 from hub.publish import asubmit_report, report_messages, submit, submit_report
-from hub.topology import LEDGER, REGISTRY, Topology, alert_queue, report_queue, stat_queue
+from hub.topology import DELIVERY_LIMIT, LEDGER, REGISTRY, Topology, alert_queue, report_queue, stat_queue
 
 SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "messages"
 ECG = hl7v2.read((SAMPLES / "hl7v2" / "ecg-resting-oru.hl7").read_bytes())[0]
@@ -113,7 +113,7 @@ def test_topology_show_lists_queues_with_arguments(capsys: pytest.CaptureFixture
     assert main(["topology", "show", "--institution", ECG.origin]) == 0
     out = capsys.readouterr().out
     assert "hub.exams.ecg.stat" in out
-    assert "x-delivery-limit=5" in out
+    assert f"x-delivery-limit={DELIVERY_LIMIT}" in out
     assert "x-dead-letter-strategy=at-least-once" in out
     assert f"hub.reports.{ECG.origin}" in out
 
