@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from brokers import rabbitmq_vhost
+from brokers import rabbitmq_vhost, take_all
 from handlers import read_ecg
-from test_rabbitmq_resilience import close_connections
+from test_rabbitmq_resilience import close_connections, eventually
 from test_worker import ORIGIN, TOPOLOGY, make_exam
 
 from hub.broker import Delivery, connect
 from hub.envelope import Exam, Report
 from hub.publish import submit
-from hub.topology import report_queue, stat_queue
+from hub.topology import DELIVERY_LIMIT, exam_queue, parked_queue, report_queue, stat_queue
 from hub.worker import Worker
 
 WAIT = 30.0
@@ -123,3 +123,29 @@ def test_the_worker_carries_on_after_the_connection_is_closed(vhost_url: str) ->
                 seen.add(Report.decode(reports.get(timeout=WAIT).body).exam_id)
         finally:
             worker.stop(10)
+
+
+def test_graceful_restarts_during_a_backlog_park_no_exam(vhost_url: str) -> None:
+    """RabbitMQ 3.10 counts every return toward x-delivery-limit, and each stop hands back the exams
+    a worker had buffered but not started: restarts alone must not park an exam that never failed."""
+    read: set[str] = set()
+
+    def slow(exam: Exam) -> None:
+        read.add(exam.exam_id)
+        time.sleep(0.3)  # a human reading: accepted, its report comes later
+
+    with connect(vhost_url) as broker:
+        broker.declare(TOPOLOGY)
+        for n in range(30):
+            submit(broker, make_exam(n))
+        for _ in range(8):  # more restarts than the old limit of 5, fewer than DELIVERY_LIMIT
+            worker = Worker(broker, "ecg", slow, concurrency=1, prefetch=10, events=False)
+            worker.start()
+            time.sleep(0.5)
+            worker.stop(WAIT)
+        # The last stop's returns reach the queue a moment after stop() returns.
+        eventually(lambda: broker.message_count(exam_queue("ecg")) == 30 - len(read))
+        assert broker.message_count(parked_queue("ecg")) == 0
+        left = take_all(broker, exam_queue("ecg"))
+    returns = max(int(d.headers.get("x-delivery-count", 0)) for d in left)
+    assert 5 <= returns < DELIVERY_LIMIT  # the old limit would have parked exams that never failed
