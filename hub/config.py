@@ -170,6 +170,7 @@ class FhirGateway(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+    body_timeout: Annotated[float, Field(gt=0)] = 60.0  # seconds a request's body may take to arrive
 
 
 class AlertSettings(_Section):

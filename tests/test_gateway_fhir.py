@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
-from brokers import take
+from brokers import take, take_all
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
@@ -87,11 +87,13 @@ class Gateway:
 
 
 @contextmanager
-def running_gateway(broker: Broker, data: Path, *, max_body_bytes: int = 1024 * 1024) -> Iterator[Gateway]:
+def running_gateway(
+    broker: Broker, data: Path, *, max_body_bytes: int = 1024 * 1024, body_timeout: float = 60.0
+) -> Iterator[Gateway]:
     broker.declare(TOPOLOGY)
     blobs = BlobStore(data / "blobs", fsync=False)
     intake = Intake(broker, blobs)
-    settings = FhirGateway(port=0, max_body_bytes=max_body_bytes)
+    settings = FhirGateway(port=0, max_body_bytes=max_body_bytes, body_timeout=body_timeout)
     listener = on_loop(broker, start_fhir(intake, CONFIG, settings))
     try:
         yield Gateway(broker, blobs, intake, listener)
@@ -115,6 +117,14 @@ def outcome(response: httpx.Response) -> list[dict[str, Any]]:
     body = response.json()
     OperationOutcome.model_validate(body)
     return list(body["issue"])
+
+
+def http_response_complete(data: bytes) -> bool:
+    head, separator, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), None
+    )
+    return bool(separator) and length is not None and len(body) >= int(length)
 
 
 def queues_are_empty(broker: Broker, *names: str) -> bool:
@@ -202,6 +212,27 @@ def test_every_bad_sample_is_refused_where_it_is_wrong_and_parked(gateway: Gatew
 
 
 # -- refused at the door: no token, too large, not FHIR JSON, no such path
+
+
+def test_a_body_that_stalls_gets_408_and_what_came_is_parked(broker: Broker, tmp_path: Path) -> None:
+    with running_gateway(broker, tmp_path, body_timeout=0.5) as gateway:
+        head = b'{"resourceType": "Bundle", "type": "tran'
+        request = (
+            f"POST /fhir HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {TOKENS[CHANGHUA]}\r\n"
+            f"Content-Type: {FHIR_JSON}\r\nContent-Length: 5000\r\n\r\n"
+        ).encode() + head
+        with socket.create_connection((gateway.listener.host, gateway.listener.port), timeout=10) as stalled:
+            stalled.sendall(request)  # and the other 4,960 bytes never come
+            answer = b""
+            while not http_response_complete(answer):
+                answer += stalled.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"gateways.fhir.body_timeout" in answer
+        assert gateway.post(sample(LAB)).status_code == 202  # the gateway serves on
+        (parked,) = take_all(broker, parked_queue("intake"))
+        assert parked.body == head
+        assert "did not arrive within 0.5 s" in parked.headers["x-hub-error"]
+        assert parked.headers["x-hub-origin"] == CHANGHUA
 
 
 def test_refusals_at_the_door_are_outcomes_and_only_a_members_body_is_parked(broker: Broker, tmp_path: Path) -> None:

@@ -24,10 +24,11 @@ its code overrides whatever sender the Bundle names. Answers:
     422  a supported message that breaks a rule (invalid; required for a missing element)
     401  no bearer token (login) or an unknown one (security)
     404, 405, 413, 415  the wrong path, method, size or content type
+    408  the body did not arrive within ``body_timeout`` seconds
     503  the broker did not confirm, so nothing was taken: try again after Retry-After
     500  a fault of the hub's own; the body is parked all the same (if it can be: 500 either way)
 
-A member's input that the hub refuses (400, 413, 415, 422) is parked on ``hub.parked.intake`` with
+A member's input that the hub refuses (400, 408, 413, 415, 422) is parked on ``hub.parked.intake`` with
 its problems before the sender hears why; when parking fails too, the answer is 503, so the sender
 keeps its copy. Of a body over ``max_body_bytes`` only that many bytes are read and parked, with a
 reason that says where it was cut. Requests without a member's token, and wrong paths or methods,
@@ -109,6 +110,13 @@ class _Cut:
 
 
 @dataclass(frozen=True, slots=True)
+class _Late:
+    """What came of a body that did not arrive in whole within ``body_timeout``."""
+
+    head: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class _Answer:
     status: int
     resource: Mapping[str, Any]
@@ -127,11 +135,18 @@ class FhirApp:
     """The ASGI application; uvicorn (or any ASGI server) calls it once per request."""
 
     def __init__(
-        self, intake: Intake, config: Config, *, max_body_bytes: int, registry: Registry | None = None
+        self,
+        intake: Intake,
+        config: Config,
+        *,
+        max_body_bytes: int,
+        body_timeout: float = 60.0,
+        registry: Registry | None = None,
     ) -> None:
         self.intake = intake
         self.config = config
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.registry = registry
         self._routes = {**_ROUTES, DIAGNOSTIC_REPORT: "GET"} if registry is not None else _ROUTES
         self.capability = _capability_statement(datetime.now(UTC), search=registry is not None)
@@ -169,6 +184,11 @@ class FhirApp:
         if raw is None:
             log.info("fhir: %s disconnected before its body arrived", institution.code)
             return None
+        if isinstance(raw, _Late):
+            log.warning("fhir: refused input from %s: its body did not arrive in time", institution.code)
+            late = f"the body did not arrive within {self.body_timeout:g} s (gateways.fhir.body_timeout)"
+            refused = _outcome(408, "error", "timeout", f"{late}; send it again")
+            return await self._park(raw.head, f"{late}; {len(raw.head)} bytes came", institution.code, peer) or refused
         if isinstance(raw, _Cut):
             log.warning("fhir: refused input from %s: over the size limit", institution.code)
             return await self._park(raw.head, self._cut_reason(raw), institution.code, peer) or self._too_large()
@@ -193,15 +213,24 @@ class FhirApp:
             raise _Refused(_outcome(401, "error", "security", text, headers=(("www-authenticate", challenge),)))
         return institution
 
-    async def _body(self, declared: str | None, receive: Receive) -> bytes | _Cut | None:
-        """The request body, or its first ``max_body_bytes`` once it is known to exceed them; None on disconnect."""
+    async def _body(self, declared: str | None, receive: Receive) -> bytes | _Cut | _Late | None:
+        """The request body, or its first ``max_body_bytes`` once it is known to exceed them; None on disconnect.
+
+        A body still incomplete after ``body_timeout`` is _Late: a sender that stalls holds no
+        connection for longer than that.
+        """
         limit = self.max_body_bytes
         length = int(declared) if declared is not None and declared.isdigit() else None
         over = length is not None and length > limit
         body = bytearray()
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                return _Late(bytes(body))
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -479,7 +508,9 @@ async def start_fhir(
     loop = asyncio.get_running_loop()
     if loop is not intake.broker.loop:
         raise RuntimeError("start_fhir runs on the broker's loop: asyncio.run_coroutine_threadsafe(..., broker.loop)")
-    app = FhirApp(intake, config, max_body_bytes=settings.max_body_bytes, registry=registry)
+    app = FhirApp(
+        intake, config, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout, registry=registry
+    )
     uvicorn_config = uvicorn.Config(
         app,
         host=settings.host,
