@@ -131,6 +131,9 @@ async def _send_mllp(client: MllpClient, path: Path, raw: bytes) -> Outcome:
         ack = hl7v2.read_ack(reply)
     except AdapterError as exc:
         return Outcome(path, "mllp", False, f"unreadable ACK: {exc}")
+    sent = hl7v2.control_id(raw)
+    if ack.control_id != (sent or ""):
+        return Outcome(path, "mllp", False, f"the ACK's MSA-2 {ack.control_id!r} does not answer MSH-10 {sent!r}")
     return Outcome(path, "mllp", ack.accepted, ack.code + (f": {ack.text}" if ack.text else ""))
 
 

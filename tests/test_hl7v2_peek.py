@@ -1,4 +1,4 @@
-"""sender() reads MSH-4 before the charset is known; read_ack() reads what a member answers."""
+"""sender() and control_id() read MSH-4 and MSH-10 before the charset is known; read_ack() reads an ACK."""
 
 from pathlib import Path
 
@@ -29,6 +29,19 @@ def test_sender_of_gb18030_whose_bytes_look_like_delimiters() -> None:
     raw = "MSH|^~\\&|LIS|卫生院榺分院|HUB|LEAD|20240301||ORU^R01|1|P|2.5.1|||||CHN|GB 18030-2000\r".encode("gb18030")
     assert b"\x98|" in raw
     assert hl7v2.sender(raw) == "卫生院榺分院"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.hl7")))
+def test_control_id_is_what_the_hubs_own_ack_echoes(name: str) -> None:
+    raw = (SAMPLES / name).read_bytes()
+    assert hl7v2.read_ack(hl7v2.ack(raw, "AE", "refused")).control_id == (hl7v2.control_id(raw) or "")
+
+
+def test_control_id_is_msh10_or_none() -> None:
+    assert hl7v2.control_id((SAMPLES / "lab-cbc-gb18030.hl7").read_bytes()) == "YQLIS202403010007"
+    assert hl7v2.control_id(b"MSH|^~\\&|LIS|X|HUB|LEAD|20240301||ORU^R01||P|2.5.1\r") is None  # empty
+    assert hl7v2.control_id(b"MSH|^~\\&|LIS\r") is None  # cut short
+    assert hl7v2.control_id(b"\x00\xff not hl7") is None
 
 
 def test_read_ack_of_the_hubs_own_acks_in_gb18030() -> None:

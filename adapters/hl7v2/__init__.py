@@ -5,6 +5,7 @@
     message = hl7v2.write_report(report)          # ORU^R01 v2.5.1 for the member site (strict=True: hl7apy)
     hl7v2.read_ack(reply).code                    # "AA": what a member answered to a report
     hl7v2.sender(raw)                             # MSH-4, read before the charset is known
+    hl7v2.control_id(raw)                         # MSH-10, which an ACK's MSA-2 echoes
 
 Pure: bytes in, envelopes out. The reader, the ACK writer and the report
 writer work on ER7 text directly for speed; hl7apy checks structure when
@@ -18,13 +19,13 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from adapters.hl7v2._ack import ack
-from adapters.hl7v2._peek import Ack, read_ack, sender
+from adapters.hl7v2._peek import Ack, control_id, read_ack, sender
 from adapters.hl7v2._reader import read as _read
 from adapters.hl7v2._strict import validate
 from adapters.hl7v2._writer import write_report
 from hub.envelope import Centre, Exam
 
-__all__ = ["Ack", "ack", "read", "read_ack", "sender", "write_report"]
+__all__ = ["Ack", "ack", "control_id", "read", "read_ack", "sender", "write_report"]
 
 
 def read(

@@ -1,18 +1,20 @@
 """Reading just enough of an HL7 message: who sent it (before its charset is known), and ACKs.
 
 ``sender`` lets a gateway pick the member's fallback charset before decoding the
-whole message. ``read_ack`` reads the reply a member sends to a report.
+whole message; ``control_id`` is what an ACK's MSA-2 must echo. ``read_ack``
+reads the reply a member sends to a report.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.hl7v2._ack import _scrape
 from adapters.hl7v2._charset import UTF8_BOM, codec_for, scrape_header
 from adapters.hl7v2._er7 import parse_delimiters, split_segments, unescape
 from hub.errors import DecodeError, InvalidMessage, MissingField, UnsupportedMessage
 
-__all__ = ["Ack", "read_ack", "sender"]
+__all__ = ["Ack", "control_id", "read_ack", "sender"]
 
 
 def _header(raw: bytes, charset: str | None) -> tuple[str, str]:
@@ -33,6 +35,11 @@ def sender(raw: bytes) -> str | None:
         return None
     components = [c.strip() for c in fields[3].split(d.repetition)[0].split(d.component)]
     return next((c for c in components[:2] if c), None)
+
+
+def control_id(raw: bytes) -> str | None:
+    """MSH-10 as the hub's ACKs echo it in MSA-2 (read as leniently as they read it), or None; never raises."""
+    return _scrape(raw, None).fields.get(10) or None
 
 
 @dataclass(frozen=True, slots=True)

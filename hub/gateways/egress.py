@@ -122,7 +122,7 @@ class _MllpEndpoint:
             ack = hl7v2.read_ack(reply, charset=self.charset)
         except AdapterError as exc:
             return await self._in_doubt(_Outcome(False, "unreadable ACK", str(exc)))
-        sent = _control_id(payload)
+        sent = hl7v2.control_id(payload) or ""
         if ack.control_id != sent:
             return await self._in_doubt(
                 _Outcome(False, "wrong MSA-2", f"MSA-2 {ack.control_id!r} does not answer MSH-10 {sent!r}")
@@ -138,13 +138,6 @@ class _MllpEndpoint:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-def _control_id(payload: bytes) -> str:
-    """MSH-10 of an ER7 message we wrote (ASCII up to there, whatever the charset)."""
-    header = payload.split(b"\r", 1)[0]
-    fields = header.split(header[3:4]) if len(header) > 3 else []
-    return fields[9].decode("ascii", "replace") if len(fields) > 9 else ""
 
 
 class _FhirEndpoint:
