@@ -11,11 +11,13 @@ import queue
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pika
 import pytest
+from brokers import rabbitmq_vhost
 
 from adapters import hl7v2
 from hub.alerts import Alert, alert_id
-from hub.broker import Broker, Delivery
+from hub.broker import Broker, Delivery, connect
 from hub.cli import main
 from hub.envelope import SCHEMA_VERSION, Exam, Report
 from hub.errors import PublishRefused
@@ -121,3 +123,24 @@ def test_topology_show_lists_queues_with_arguments(capsys: pytest.CaptureFixture
 def test_topology_declare_on_a_broker(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["topology", "declare", "--broker", broker_url, "--institution", ECG.origin]) == 0
     assert "declared" in capsys.readouterr().out
+
+
+def test_on_the_wire_exams_and_reports_are_persistent_json_with_their_ids() -> None:
+    report = signed()
+    with rabbitmq_vhost() as url:
+        with connect(url) as broker:
+            broker.declare(Topology(institutions=[ECG.origin], retry_delays=(1,)))
+            submit(broker, ECG)
+            submit_report(broker, report)
+        connection = pika.BlockingConnection(pika.URLParameters(url))  # read as any AMQP client would
+        try:
+            channel = connection.channel()
+            for name, message_id in [(stat_queue("ecg"), ECG.exam_id), (report_queue(ECG.origin), report.report_id)]:
+                method, properties, _body = channel.basic_get(name, auto_ack=True)
+                assert method is not None, name
+                assert properties.delivery_mode == 2  # persistent
+                assert properties.content_type == "application/json"
+                assert properties.message_id == message_id
+                assert properties.headers["schema-version"] == SCHEMA_VERSION
+        finally:
+            connection.close()
