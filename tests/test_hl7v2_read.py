@@ -35,7 +35,7 @@ def message(*segments: str, header: str | None = None, sep: str = "\r", codec: s
 
 
 def test_public_api_is_read_write_report_ack_and_the_peeks() -> None:
-    assert sorted(adapters.hl7v2.__all__) == ["Ack", "ack", "read", "read_ack", "sender", "write_report"]
+    assert sorted(adapters.hl7v2.__all__) == ["Ack", "ack", "control_id", "read", "read_ack", "sender", "write_report"]
     assert all(callable(getattr(adapters.hl7v2, name)) for name in adapters.hl7v2.__all__)
 
 
