@@ -32,6 +32,7 @@ __all__ = ["END", "HEAD_BYTES", "START", "Framer", "MllpClient", "MllpError", "O
 START = b"\x0b"
 END = b"\x1c\r"
 HEAD_BYTES = 64 * 1024
+_ABANDONED = "abandoned: a new start block (VT) came before its end block (FS CR)"
 
 
 class MllpError(HubError):
@@ -101,7 +102,7 @@ class Framer:
             restart = data.find(START, pos, stop)
             if restart >= 0:  # a new frame began before this one ended
                 self._append(data, pos, restart)
-                out.append(self._end_before_restart())
+                out.append(self._close(_ABANDONED))
                 continue
             self._append(data, pos, stop)
             if end < 0:
@@ -112,31 +113,25 @@ class Framer:
 
     def end_of_stream(self, reason: str) -> bytes | Oversized | Unfinished | None:
         """The frame in progress when the stream ends: whole if FS ended it, else Unfinished with ``reason``."""
-        if not self._in_frame:
-            return None
+        return self._close(reason) if self._in_frame else None
+
+    def _close(self, reason: str) -> bytes | Oversized | Unfinished:
+        """The frame in progress, with no more bytes to come: whole if FS ended it, else Unfinished."""
         if self._ends_with_fs:
             self._drop_last()
             return self._finish()
-        return self._unfinished(reason)
-
-    def _end_before_restart(self) -> bytes | Oversized | Unfinished:
-        if self._ends_with_fs:
-            self._drop_last()
-            return self._finish()
-        return self._unfinished("abandoned: a new start block (VT) came before its end block (FS CR)")
-
-    def _unfinished(self, reason: str) -> Unfinished:
         item = Unfinished(bytes(self._buffer[:HEAD_BYTES]), self._size, reason)
-        self._buffer.clear()
-        self._size = 0
-        self._in_frame = False
-        self._ends_with_fs = False
+        self._reset()
         return item
 
     def _begin(self) -> None:
+        self._reset()
+        self._in_frame = True
+
+    def _reset(self) -> None:
         self._buffer.clear()
         self._size = 0
-        self._in_frame = True
+        self._in_frame = False
         self._ends_with_fs = False
 
     def _append(self, data: bytes, start: int, stop: int) -> None:
@@ -159,10 +154,7 @@ class Framer:
             item = Oversized(bytes(self._buffer[:HEAD_BYTES]), self._size)
         else:
             item = bytes(self._buffer)
-        self._buffer.clear()
-        self._size = 0
-        self._in_frame = False
-        self._ends_with_fs = False
+        self._reset()
         return item
 
 

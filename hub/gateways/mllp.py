@@ -270,7 +270,7 @@ class _Connection(asyncio.Protocol):
             self._rearm()  # answer or park it first; the next idle period closes the connection
             self._kick()
             return
-        log.info("%s: idle for %g s, closing", self.peer, self._shared.settings.idle_timeout)
+        log.info("%s: idle for %g s, closing", self.peer, idle)
         if self._transport is None:
             return
         if self._writable.is_set():
