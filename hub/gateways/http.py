@@ -26,7 +26,7 @@ its code overrides whatever sender the Bundle names. Answers:
     404, 405, 413, 415  the wrong path, method, size or content type
     408  the body did not arrive within ``body_timeout`` seconds
     503  the broker did not confirm, so nothing was taken: try again after Retry-After
-    500  a fault of the hub's own; the body is parked all the same (if it can be: 500 either way)
+    500  a fault of the hub's own; the body is parked all the same
 
 A member's input that the hub refuses (400, 408, 413, 415, 422) is parked on ``hub.parked.intake`` with
 its problems before the sender hears why; when parking fails too, the answer is 503, so the sender
@@ -275,8 +275,7 @@ class FhirApp:
         except Exception as exc:  # a fault in the adapter: keep the input, answer 500
             log.error("fhir: the adapter failed on input from %s: %s at %s", origin, type(exc).__name__, raised_at(exc))
             fault = f"the hub's FHIR adapter failed ({type(exc).__name__})"
-            text = fault + "; the message is kept for repair, not accepted"
-            return await self._park(raw, fault, origin, peer) or _outcome(500, "error", "exception", text)
+            return await self._kept_for_repair(raw, fault, origin, peer)
         try:
             accepted = await self.intake.accept(exams, raw)
         except (BrokerError, OSError) as exc:  # OSError: the blob store could not keep the source
@@ -284,9 +283,8 @@ class FhirApp:
             return _retry_later("the hub could not store the exams")
         except Exception as exc:  # a fault of the hub's own: keep the input, answer 500
             log.error("fhir: intake failed on input from %s: %s at %s", origin, type(exc).__name__, raised_at(exc))
-            return await self._kept_for_repair(
-                raw, f"the hub failed to take the exams ({type(exc).__name__})", origin, peer
-            )
+            fault = f"the hub failed to take the exams ({type(exc).__name__})"
+            return await self._kept_for_repair(raw, fault, origin, peer)
         log.info("fhir: accepted %s from %s", " ".join(e.exam_id for e in accepted), origin)
         return _Answer(202, _accepted_outcome(accepted))
 
@@ -296,14 +294,9 @@ class FhirApp:
         return fhir.read(raw, origin=origin, centres=self.config.routing)
 
     async def _kept_for_repair(self, raw: bytes, fault: str, origin: str, peer: str | None) -> _Answer:
-        """The 500 for a fault of the hub's own, once the input is parked; parking may fail too."""
-        try:
-            await self.intake.park(raw, fault, format="fhir", origin=origin, peer=peer)
-            kept = "the message is kept for repair, not accepted"
-        except Exception as exc:
-            log.error("fhir: input from %s could not be parked either: %s", origin, type(exc).__name__)
-            kept = "it was not accepted: send it again later"
-        return _outcome(500, "error", "exception", f"{fault}; {kept}")
+        """The 500 for a fault of the hub's own, once the input is parked (the 503 when the broker cannot park it)."""
+        text = f"{fault}; the message is kept for repair, not accepted"
+        return await self._park(raw, fault, origin, peer) or _outcome(500, "error", "exception", text)
 
     async def _park(self, raw: bytes, error: AdapterError | str, origin: str, peer: str | None) -> _Answer | None:
         """Keep refused input with its reason: None once the broker has it, else the 503 to answer."""
