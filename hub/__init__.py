@@ -28,6 +28,7 @@ from hub.errors import (
     HubError,
     InvalidMessage,
     MissingField,
+    NotAsDeclared,
     Problem,
     UnsupportedMessage,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Identifier",
     "InvalidMessage",
     "MissingField",
+    "NotAsDeclared",
     "Notice",
     "Observation",
     "Patient",

@@ -5,7 +5,8 @@
     │   ├── DecodeError         bytes that are not a readable message (charset, syntax, JSON, DICOM)
     │   ├── UnsupportedMessage  a readable message of a kind the hub does not take
     │   └── InvalidMessage      a supported message whose content breaks a rule
-    │       └── MissingField    a required segment, field, element or reference is absent
+    │       ├── MissingField    a required segment, field, element or reference is absent
+    │       └── NotAsDeclared   not the message its transport announced (a C-STORE's Affected SOP UIDs)
     ├── EnvelopeError           bytes that are not a valid envelope of this schema version
     ├── ConfigError             a consortium config that is unreadable or breaks a rule (file, key, what)
     └── BrokerError             the broker did not take a message
@@ -36,6 +37,7 @@ __all__ = [
     "HubError",
     "InvalidMessage",
     "MissingField",
+    "NotAsDeclared",
     "Problem",
     "PublishRefused",
     "Unroutable",
@@ -96,6 +98,11 @@ class InvalidMessage(AdapterError):
 
 class MissingField(InvalidMessage):
     """A required segment, field, element or reference is absent or empty (HL7 error code 101)."""
+
+
+class NotAsDeclared(InvalidMessage):
+    """The message is not the one its transport announced: a data set whose SOP Class or Instance UID is
+    not the C-STORE request's Affected one."""
 
 
 class EnvelopeError(HubError):

@@ -18,7 +18,7 @@ from adapters import dicom
 from adapters._common import CHINA_TZ, RESIDENT_ID_SYSTEM
 from adapters.dicom._classes import centre_for
 from adapters.dicom._text import format_person_name
-from hub.errors import AdapterError, DecodeError, InvalidMessage, UnsupportedMessage
+from hub.errors import AdapterError, DecodeError, InvalidMessage, NotAsDeclared, UnsupportedMessage
 from hub.ids import derive_exam_id, resident_id_check_digit
 from hub.resources import data_dir
 
@@ -588,3 +588,23 @@ def test_institution_code_sequence_can_hold_several_items_first_wins() -> None:
     extra.CodingSchemeDesignator = "99USCC"
     ds.InstitutionCodeSequence = Sequence([ds.InstitutionCodeSequence[0], extra])
     assert dicom.read(encode(ds)).origin == TAIHUYUAN
+
+
+def test_the_uids_a_c_store_request_announced_must_be_the_data_sets() -> None:
+    sample = dataset("ct-gbk-no-charset.dcm")
+    announced = {"affected_sop_class": sample.SOPClassUID, "affected_sop_instance": sample.SOPInstanceUID}
+    exam = dicom.read(raw("ct-gbk-no-charset.dcm"), charset="GBK", **announced)
+    assert exam.source.message_id == sample.SOPInstanceUID and exam.patient.name == "刘建国"
+    other_class = {**announced, "affected_sop_class": "1.2.840.10008.5.1.4.1.1.4"}  # MR Image Storage
+    other_instance = {**announced, "affected_sop_instance": sample.SOPInstanceUID + ".1"}
+    for wrong, location, element in (
+        (other_class, "(0008,0016)", "Class"),
+        (other_instance, "(0008,0018)", "Instance"),
+    ):
+        with pytest.raises(NotAsDeclared) as caught:
+            dicom.read(raw("ct-gbk-no-charset.dcm"), charset="GBK", **wrong)
+        assert caught.value.location == location
+        assert str(caught.value).startswith(f"{location}: the data set's SOP {element} UID is not the C-STORE")
+    # A class no centre reads is named as such, whatever the request announced.
+    with pytest.raises(UnsupportedMessage, match=r"\(0008,0016\): SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.88\.11"):
+        dicom.read(raw("bad-sr-unsupported.dcm"), **announced)

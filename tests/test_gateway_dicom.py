@@ -19,6 +19,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -28,14 +29,22 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 from pynetdicom import AE, _config
-from pynetdicom.dsutils import split_dataset
+from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
 
 from hub.broker import Broker
 from hub.config import DicomGateway, load_config
 from hub.envelope import Exam
-from hub.gateways.dicom import DicomListener, start_dicom
+from hub.gateways.dicom import DicomListener, _part10, start_dicom
 from hub.intake import INLINE_PARK_LIMIT, Intake
 from hub.store.blobs import Blob, BlobStore
 from hub.topology import LEDGER, STUDIES, Topology, exam_queue, parked_queue, stat_queue
@@ -270,6 +279,36 @@ def test_the_blob_holds_the_data_set_byte_for_byte_as_sent(
     blob = blobs.read(instance.headers["blob"])
     assert blob[128:132] == b"DICM" and blob.endswith(data_set_bytes(sample))  # trailing padding and all
     assert split_dataset(blobs.path(instance.headers["blob"]))[0].TransferSyntaxUID == ExplicitVRLittleEndian
+    sent = dcmread(sample)
+    assert blob == pynetdicom_part10(
+        sent.SOPClassUID, sent.SOPInstanceUID, ExplicitVRLittleEndian, data_set_bytes(sample)
+    )
+
+
+def pynetdicom_part10(sop_class: str, sop_instance: str, syntax: str, data_set: bytes) -> bytes:
+    """What pynetdicom's Event.encoded_dataset() returns for a C-STORE of ``data_set``."""
+    meta = create_file_meta(
+        sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance), transfer_syntax=UID(syntax)
+    )
+    return b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + data_set
+
+
+@pytest.mark.parametrize(
+    ("sop_instance", "syntax"),
+    [
+        ("1.2.826.0.1.3680043.8.498.1", ImplicitVRLittleEndian),  # odd lengths: both padded with NUL
+        ("1.2.826.0.1.3680043.8.498.12", JPEGBaseline8Bit),  # even lengths
+        (generate_uid(), DeflatedExplicitVRLittleEndian),
+    ],
+)
+def test_the_part10_file_meta_is_byte_for_byte_pynetdicoms(sop_instance: str, syntax: str) -> None:
+    data_set = b"\x08\x00\x16\x00UI\x1a\x00" + CTImageStorage.encode() + b"\x00"
+    event = SimpleNamespace(
+        request=SimpleNamespace(AffectedSOPClassUID=CTImageStorage, AffectedSOPInstanceUID=UID(sop_instance),
+                                DataSet=io.BytesIO(data_set)),
+        context=SimpleNamespace(transfer_syntax=UID(syntax)),
+    )  # fmt: skip
+    assert _part10(event) == pynetdicom_part10(CTImageStorage, sop_instance, syntax, data_set)
 
 
 def test_many_instances_on_one_association_without_tcp_nodelay(

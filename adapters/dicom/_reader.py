@@ -33,7 +33,7 @@ from hub.envelope import (
     Source,
     Waveform,
 )
-from hub.errors import AdapterError, DecodeError, InvalidMessage, MissingField, UnsupportedMessage
+from hub.errors import AdapterError, DecodeError, InvalidMessage, MissingField, NotAsDeclared, UnsupportedMessage
 from hub.ids import derive_exam_id
 
 __all__ = ["read"]
@@ -65,6 +65,8 @@ def read(
     origin: str | None = None,
     charset: str | None = None,
     received_at: datetime | None = None,
+    affected_sop_class: str | None = None,
+    affected_sop_instance: str | None = None,
 ) -> Exam:
     """The exam in one DICOM instance: a header read without its pixel data.
 
@@ -73,6 +75,8 @@ def read(
     ``origin`` overrides Institution Code Sequence (0008,0082). ``charset`` is
     the sender's fallback for text that arrives without Specific Character Set
     (0008,0005), as a DICOM term ("GBK") or a Python codec name ("gbk").
+    ``affected_sop_class`` and ``affected_sop_instance`` are the UIDs a C-STORE
+    request announced: a data set that names others raises NotAsDeclared.
     Raises DecodeError, UnsupportedMessage or InvalidMessage, each at a tag.
     """
     fallback = resolve_fallback_charset(charset) if charset and charset.strip() else None
@@ -82,8 +86,9 @@ def read(
         received_at = received_at.replace(tzinfo=CHINA_TZ)
     loaded = load(source)
     elements = Elements(TextDecoder((), fallback))
+    affected = (affected_sop_class, affected_sop_instance)
     try:
-        return _exam(loaded, elements, origin, fallback, received_at)
+        return _exam(loaded, elements, origin, fallback, received_at, affected)
     except InvalidMessage as exc:
         # A required element that is missing may have been cut off: then say so.
         truncated = loaded.truncation()
@@ -101,7 +106,21 @@ def read(
         raise DecodeError(f"the element cannot be read ({type(exc).__name__})", location=elements.at) from exc
 
 
-def _exam(loaded: Loaded, elements: Elements, origin: str | None, fallback: str | None, received_at: datetime) -> Exam:
+def _as_announced(element: str, announced: str | None, found: str, location: str) -> None:
+    """``found`` in the data set must be what the C-STORE request announced, when one did."""
+    if announced is not None and found != announced:
+        message = f"the data set's {element} is not the C-STORE request's Affected {element}"
+        raise NotAsDeclared(message, location=location)
+
+
+def _exam(
+    loaded: Loaded,
+    elements: Elements,
+    origin: str | None,
+    fallback: str | None,
+    received_at: datetime,
+    affected: tuple[str | None, str | None],
+) -> Exam:
     dataset = loaded.dataset
     elements.text = TextDecoder(_charset_terms(dataset, elements), fallback)
     sop_class = elements.uid(dataset, tags.SOP_CLASS_UID)
@@ -114,6 +133,7 @@ def _exam(loaded: Loaded, elements: Elements, origin: str | None, fallback: str 
             " the hub takes image instances and ECG waveforms",
             location="(0008,0016)",
         )
+    _as_announced("SOP Class UID", affected[0], sop_class, "(0008,0016)")
     if centre != "ecg" and loaded.pixel_data is False:
         raise DecodeError(
             "an image instance without Pixel Data: the input is truncated or carries no image; send it again",
@@ -122,6 +142,7 @@ def _exam(loaded: Loaded, elements: Elements, origin: str | None, fallback: str 
     instance = elements.uid(dataset, tags.SOP_INSTANCE_UID)
     if instance is None:
         raise MissingField("SOP Instance UID is missing; every instance must carry it", location="(0008,0018)")
+    _as_announced("SOP Instance UID", affected[1], instance, "(0008,0018)")
     sender = _origin(dataset, elements, origin)
 
     study_uid = elements.uid(dataset, tags.STUDY_INSTANCE_UID)

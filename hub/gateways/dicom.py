@@ -8,9 +8,10 @@ A small file that binds pynetdicom handlers, as pynetdicom's storescp app does:
 
 - Association: a calling AE title that no institution in the config has is refused with
   A-ASSOCIATE-RJ (rejected-permanent, service user, calling AE title not recognised).
-- C-STORE, on the association's thread, for each instance:
+- C-STORE, for each instance:
   1. the Part 10 file as received (preamble, meta, data set) goes to the blob store, fsync'd;
-  2. ``adapters.dicom.read`` with the institution's code as origin and its fallback charset;
+  2. ``adapters.dicom.read`` with the institution's code as origin, its fallback charset and the
+     request's Affected SOP Class and Instance UIDs;
   3. an ECG waveform is an exam at once (Intake: the exam and its ledger event); any other instance goes
      to ``hub.studies``, where the StudyAssembler makes one exam of each study;
   4. success only once the broker has confirmed.
@@ -41,11 +42,9 @@ import socket
 import socketserver
 import threading
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -62,7 +61,14 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    VerificationPresentationContexts,
+    evt,
+)
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -70,7 +76,7 @@ from adapters import dicom
 from adapters.dicom._classes import centre_for
 from hub.config import Config, DicomGateway, Institution
 from hub.envelope import Exam
-from hub.errors import AdapterError, BrokerError, InvalidMessage, UnsupportedMessage
+from hub.errors import AdapterError, BrokerError, NotAsDeclared, UnsupportedMessage
 from hub.gateways.studies import instance_message, stored_instance
 from hub.intake import Intake, parked_input_message
 from hub.store.blobs import Blob
@@ -101,9 +107,9 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 HANDLER_FAILED = 0xC211
+_PREAMBLE = b"\x00" * 128 + b"DICM"
 _COMMENT_LIMIT = 64  # Error Comment (0000,0902) is LO
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-_SOP_CLASS_UID = 0x00080016
 
 
 class _QuickAckSocket(socket.socket):
@@ -185,7 +191,7 @@ class _Handlers:
 
     def store(self, event: Any) -> Dataset:
         instance = _Instance(
-            event.encoded_dataset(),
+            _part10(event),
             str(event.request.AffectedSOPInstanceUID),
             str(event.request.AffectedSOPClassUID),
             self.by_title[str(event.assoc.requestor.ae_title).strip()],  # checked at association
@@ -211,23 +217,15 @@ class _Handlers:
     def _take(self, instance: _Instance, blob: Blob) -> Dataset:
         institution = instance.institution
         try:
-            exam = dicom.read(instance.raw, origin=institution.code, charset=institution.charset)
+            exam = dicom.read(instance.raw, origin=institution.code, charset=institution.charset,
+                              affected_sop_class=instance.sop_class, affected_sop_instance=instance.uid)  # fmt: skip
         except AdapterError as error:
             # Only classes a centre reads are negotiated, so an unsupported one came under another's context.
             unsupported = isinstance(error, UnsupportedMessage) and error.location == "(0008,0016)"
-            return self._refuse(instance, blob, error, DATA_SET_MISMATCH if unsupported else CANNOT_UNDERSTAND)
-        if exam.source.message_id != instance.uid:
-            return self._mismatch(instance, blob, "SOP Instance UID", "(0008,0018)")
-        if _sop_class(instance.raw) != instance.sop_class:
-            return self._mismatch(instance, blob, "SOP Class UID", "(0008,0016)")
+            mismatch = unsupported or isinstance(error, NotAsDeclared)
+            return self._refuse(instance, blob, error, DATA_SET_MISMATCH if mismatch else CANNOT_UNDERSTAND)
         self._publish(instance, stored_instance(exam, blob))
         return _status(SUCCESS)
-
-    def _mismatch(self, instance: _Instance, blob: Blob, element: str, location: str) -> Dataset:
-        """Refuse a data set whose ``element`` is not the C-STORE request's Affected ``element``."""
-        error = InvalidMessage(f"the data set's {element} is not the C-STORE request's Affected {element}",
-                               location=location)  # fmt: skip
-        return self._refuse(instance, blob, error, DATA_SET_MISMATCH)
 
     def _refuse(self, instance: _Instance, blob: Blob, error: AdapterError, code: int) -> Dataset:
         """Park the instance with its problems, then answer ``code`` naming the first of them."""
@@ -294,10 +292,39 @@ def _peer(event: Any) -> str:
     return f"{requestor.address}:{requestor.port}"
 
 
-def _sop_class(raw: bytes) -> str:
-    """The data set's SOP Class UID (0008,0016), which the adapter's Exam does not carry: read up to it only."""
-    dataset = read_partial(BytesIO(raw), stop_when=lambda tag, _vr, _length: tag > _SOP_CLASS_UID)
-    return str(dataset.get("SOPClassUID", ""))
+def _part10(event: Any) -> bytes:
+    """The instance as a Part 10 file: preamble, File Meta Information as pynetdicom writes it, data set.
+
+    pynetdicom's ``encoded_dataset`` builds and encodes a pydicom FileMetaDataset: 440 us of each
+    instance's ~10 ms here. These seven explicit VR little endian elements take about 10 us.
+    """
+    request = event.request
+    elements = b"".join((
+        _element(0x0001, b"OB", b"\x00\x01"),  # File Meta Information Version
+        _element(0x0002, b"UI", _uid(request.AffectedSOPClassUID)),
+        _element(0x0003, b"UI", _uid(request.AffectedSOPInstanceUID)),
+        _element(0x0010, b"UI", _uid(event.context.transfer_syntax)),
+        _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
+        _element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" ")),
+    ))  # fmt: skip
+    group_length = _element(0x0000, b"UL", len(elements).to_bytes(4, "little"))
+    return b"".join((_PREAMBLE, group_length, elements, request.DataSet.getvalue()))
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One group 0002 element, explicit VR little endian (OB has a reserved field and a 4-byte length)."""
+    tag = b"\x02\x00" + element.to_bytes(2, "little")
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + len(value).to_bytes(4, "little") + value
+    return tag + vr + len(value).to_bytes(2, "little") + value
+
+
+def _uid(uid: str) -> bytes:
+    return _padded(str(uid).encode("ascii"), b"\x00")
+
+
+def _padded(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
