@@ -128,7 +128,11 @@ class Broker(ABC):
 
     @abstractmethod
     def message_count(self, queue: str) -> int:
-        """Messages ready in ``queue`` (not counting those delivered and unsettled)."""
+        """Messages ready in ``queue``, not counting those delivered and unsettled; BrokerError if it is undeclared."""
+
+    @abstractmethod
+    def exchange_exists(self, exchange: str) -> bool:
+        """Whether ``exchange`` is declared: for start-up checks, as publishing to a missing one fails late."""
 
     @abstractmethod
     def close(self) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from hub.broker import CONFIRM_TIMEOUT, Broker, Delivery, Message, Subscription
 from hub.envelope import Centre, Exam, Report
-from hub.errors import EnvelopeError, Unroutable
+from hub.errors import BrokerError, EnvelopeError, Unroutable
 from hub.events import EventKind, event_message, exam_event
 from hub.publish import all_confirmed, submit_report_async
 from hub.topology import PARKED, RETRY_DELAYS, exam_queue, retry_exchange, stat_queue
@@ -98,6 +98,14 @@ class Worker:
     # -- lifecycle
 
     def start(self) -> None:
+        """Start consuming; BrokerError if the broker lacks an exchange this worker would publish to."""
+        missing = [e for e in (*map(retry_exchange, self.retry_delays), PARKED) if not self.broker.exchange_exists(e)]
+        if missing:
+            # Found at the first retry, a missing exchange would close the publishing channel every time.
+            raise BrokerError(
+                f"the broker has no exchange {', '.join(missing)}: declare the topology with this worker's"
+                f" retry_delays {self.retry_delays} first (hub topology declare)"
+            )
         self._threads = [
             threading.Thread(target=self._loop, args=(False,), name=f"hub-worker-{self.centre}-{n}", daemon=True)
             for n in range(self.concurrency)

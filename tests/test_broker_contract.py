@@ -12,7 +12,7 @@ from concurrent.futures import wait
 import pytest
 
 from hub.broker import Broker, Delivery, Message
-from hub.errors import PublishRefused, Unroutable
+from hub.errors import BrokerError, PublishRefused, Unroutable
 from hub.topology import (
     DELIVERY_LIMIT,
     EXAMS,
@@ -327,3 +327,16 @@ def test_closing_fails_what_was_never_sent(broker_url: str) -> None:
     broker.close()
     with pytest.raises(BrokerUnavailable):
         broker.publish(exam(exam_routing_key("lab", "routine", ORIGIN))).result(WAIT)
+
+
+def test_undeclared_names_are_broker_errors_and_exchange_exists_tells_them(hub_broker: Broker) -> None:
+    assert hub_broker.exchange_exists(EXAMS) and hub_broker.exchange_exists(retry_exchange(1))
+    assert not hub_broker.exchange_exists(retry_exchange(7))
+    with pytest.raises(BrokerError):
+        hub_broker.message_count("hub.exams.nowhere")
+    with pytest.raises(BrokerError):
+        hub_broker.consume("hub.exams.nowhere", lambda _delivery: None, prefetch=1)
+    key = exam_routing_key("lab", "routine", ORIGIN)  # and the broker goes on working
+    hub_broker.publish(exam(key, 1)).result(WAIT)
+    eventually(lambda: hub_broker.message_count(exam_queue("lab")) == 1)
+    assert not hub_broker.exchange_exists("hub.retry.9s") and hub_broker.exchange_exists(EXAMS)

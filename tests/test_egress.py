@@ -579,6 +579,9 @@ class RefusingEvents(Broker):
     def message_count(self, queue: str) -> int:
         return self.inner.message_count(queue)
 
+    def exchange_exists(self, exchange: str) -> bool:
+        return self.inner.exchange_exists(exchange)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -16,10 +16,10 @@ from handlers import read_ecg
 
 from hub.broker import Broker, Delivery, Message, Subscription, connect
 from hub.envelope import Coding, Exam, Patient, Report, Source
-from hub.errors import BrokerUnavailable
+from hub.errors import BrokerError, BrokerUnavailable
 from hub.events import Event
 from hub.ids import derive_exam_id
-from hub.publish import submit
+from hub.publish import exam_message, submit
 from hub.topology import (
     EXAMS,
     LEDGER,
@@ -417,7 +417,7 @@ def test_a_crash_between_report_and_ack_duplicates_the_report_never_loses_it(
     submit(hub_broker, make_exam(7, "stat"))
     worker_broker = connect(broker_url) if broker_url.startswith("amqp") else hub_broker
     held = HeldReports(worker_broker)
-    crashed = Worker(held.broker, "ecg", read_ecg, concurrency=1)
+    crashed = Worker(held.broker, "ecg", read_ecg, concurrency=1, retry_delays=TOPOLOGY.retry_delays)
     crashed.start()
     held.next_report()  # the broker has the report; the process dies before its confirm reaches the worker
     crashed.stop(1)  # its subscription goes with it
@@ -446,7 +446,7 @@ def test_stop_finishes_the_exam_in_hand_and_returns_the_rest(hub_broker: Broker)
 
     for n in range(5):
         submit(hub_broker, make_exam(300 + n))
-    worker = Worker(hub_broker, "ecg", slow, concurrency=1, prefetch=5)
+    worker = Worker(hub_broker, "ecg", slow, concurrency=1, prefetch=5, retry_delays=TOPOLOGY.retry_delays)
     worker.start()
     assert started.wait(WAIT)
     worker.stop(WAIT)
@@ -526,3 +526,13 @@ def test_an_unconfirmed_in_reading_event_sends_the_exam_back() -> None:
             assert empty_soon(broker, exam_queue("ecg"))
         finally:
             worker.stop(5)
+
+
+def test_a_worker_whose_retry_delays_are_not_declared_does_not_start(hub_broker: Broker) -> None:
+    hub_broker.publish(exam_message(make_exam(1))).result(10)
+    handled: list[Exam] = []
+    worker = Worker(hub_broker, "ecg", handled.append, retry_delays=(1, 7))  # type: ignore[arg-type]
+    with pytest.raises(BrokerError, match=r"no exchange hub\.retry\.7s: declare the topology with this worker's"):
+        worker.start()
+    time.sleep(0.3)
+    assert handled == [] and hub_broker.message_count(exam_queue("ecg")) == 1  # nothing was consumed

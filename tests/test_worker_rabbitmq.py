@@ -139,7 +139,9 @@ def test_graceful_restarts_during_a_backlog_park_no_exam(vhost_url: str) -> None
         for n in range(30):
             submit(broker, make_exam(n))
         for _ in range(8):  # more restarts than the old limit of 5, fewer than DELIVERY_LIMIT
-            worker = Worker(broker, "ecg", slow, concurrency=1, prefetch=10, events=False)
+            worker = Worker(
+                broker, "ecg", slow, concurrency=1, prefetch=10, events=False, retry_delays=TOPOLOGY.retry_delays
+            )
             worker.start()
             time.sleep(0.5)
             worker.stop(WAIT)

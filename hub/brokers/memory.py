@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hub.broker import Broker, Delivery, Message, Subscription
-from hub.errors import BrokerUnavailable, PublishRefused, Unroutable
+from hub.errors import BrokerError, BrokerUnavailable, PublishRefused, Unroutable
 from hub.loop import LoopThread
 from hub.topology import Topology
 
@@ -153,14 +153,25 @@ class MemoryBroker(Broker):
 
     def message_count(self, queue: str) -> int:
         with self._lock:
-            return len(self._queues[queue].ready)
+            return len(self._declared(queue).ready)
+
+    def exchange_exists(self, exchange: str) -> bool:
+        with self._lock:
+            return exchange in self._exchanges
 
     def consume(self, queue: str, on_delivery: Callable[[Delivery], None], *, prefetch: int) -> Subscription:
         with self._lock:
-            subscription = _MemorySubscription(self, self._queues[queue], on_delivery, prefetch)
-            self._queues[queue].consumers.append(subscription)
+            declared = self._declared(queue)
+            subscription = _MemorySubscription(self, declared, on_delivery, prefetch)
+            declared.consumers.append(subscription)
             self._lock.notify_all()
         return subscription
+
+    def _declared(self, queue: str) -> _Queue:
+        try:
+            return self._queues[queue]
+        except KeyError:
+            raise BrokerError(f"no queue {queue!r} is declared") from None
 
     def close(self) -> None:
         with self._lock:

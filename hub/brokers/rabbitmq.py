@@ -31,6 +31,7 @@ from typing import Any
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
+from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic, BasicProperties
 
 from hub.broker import Broker, Delivery, Message, Subscription, wait
@@ -43,6 +44,7 @@ __all__ = ["RabbitMQBroker"]
 log = logging.getLogger(__name__)
 
 _BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+_NOT_FOUND = 404  # AMQP reply code: a passive declaration of something that does not exist
 
 
 AnyFuture = Future[Any] | asyncio.Future[Any]
@@ -285,7 +287,9 @@ class RabbitMQBroker(Broker):
         self._admin = None
         call, self._admin_call = self._admin_call, None
         if call is not None:
-            _settle(call, BrokerError(f"RabbitMQ refused a declaration: {reason}"))
+            refused = BrokerError(f"RabbitMQ refused a declaration: {reason}")
+            refused.__cause__ = reason if isinstance(reason, BaseException) else None
+            _settle(call, refused)
         connection = self._connection
         if not self._closing and connection is not None and connection.is_open:
             connection.channel(on_open_callback=self._on_admin_open)
@@ -319,6 +323,16 @@ class RabbitMQBroker(Broker):
         name = self._named(queue)
         frame = self._admin_rpc(lambda ch, done: ch.queue_declare(name, passive=True, callback=done))
         return int(frame.method.message_count)
+
+    def exchange_exists(self, exchange: str) -> bool:
+        name = self._named(exchange)
+        try:
+            self._admin_rpc(lambda ch, done: ch.exchange_declare(name, passive=True, callback=done))
+        except BrokerError as exc:
+            if isinstance(exc.__cause__, ChannelClosedByBroker) and exc.__cause__.reply_code == _NOT_FOUND:
+                return False
+            raise
+        return True
 
     # -- consuming
 
