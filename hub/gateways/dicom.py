@@ -320,7 +320,9 @@ def _element(element: int, vr: bytes, value: bytes) -> bytes:
 
 
 def _uid(uid: str) -> bytes:
-    return _padded(str(uid).encode("ascii"), b"\x00")
+    # A UID is ASCII; one that is not must not fail here, before the instance is kept: the adapter
+    # then finds the data set's UID unlike the request's and the instance is parked.
+    return _padded(str(uid).encode("ascii", "replace"), b"\x00")
 
 
 def _padded(value: bytes, pad: bytes) -> bytes:
