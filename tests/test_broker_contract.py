@@ -340,3 +340,20 @@ def test_undeclared_names_are_broker_errors_and_exchange_exists_tells_them(hub_b
     hub_broker.publish(exam(key, 1)).result(WAIT)
     eventually(lambda: hub_broker.message_count(exam_queue("lab")) == 1)
     assert not hub_broker.exchange_exists("hub.retry.9s") and hub_broker.exchange_exists(EXAMS)
+
+
+def test_settling_twice_is_ignored_and_costs_no_other_delivery(hub_broker: Broker) -> None:
+    key = exam_routing_key("lab", "routine", ORIGIN)
+    for n in range(2):
+        hub_broker.publish(exam(key, n)).result(WAIT)
+    got, _ = collect(hub_broker, exam_queue("lab"))
+    first, second = got.get(timeout=WAIT), got.get(timeout=WAIT)
+    first.ack()
+    first.ack()
+    first.reject(requeue=True)  # the first settle wins
+    time.sleep(0.5)  # RabbitMQ would close the channel on a second settle of one tag
+    assert second.live
+    second.ack()
+    time.sleep(0.5)
+    assert got.empty()  # nothing redelivered: neither the settled one nor the one still in hand
+    assert hub_broker.message_count(exam_queue("lab")) == 0

@@ -561,6 +561,7 @@ class _RabbitDelivery(Delivery):
         self._acks = acks
         self._tag = tag
         self.settled = False  # ack or reject called
+        self._sent = False  # on the I/O thread: the first settle went to RabbitMQ
 
     @property
     def live(self) -> bool:
@@ -570,8 +571,11 @@ class _RabbitDelivery(Delivery):
         channel = self._channel
 
         def run() -> None:
+            # A second settle of one tag is a channel error for RabbitMQ (406, unknown delivery tag),
+            # which would redeliver every other message in hand: the first one wins, as in memory://.
             # After a reconnect the tag means nothing: RabbitMQ redelivers the message instead.
-            if channel.is_open:
+            if channel.is_open and not self._sent:
+                self._sent = True
                 action()
 
         self._broker.in_io_thread(run)
