@@ -357,3 +357,11 @@ def test_settling_twice_is_ignored_and_costs_no_other_delivery(hub_broker: Broke
     time.sleep(0.5)
     assert got.empty()  # nothing redelivered: neither the settled one nor the one still in hand
     assert hub_broker.message_count(exam_queue("lab")) == 0
+
+
+def test_publishing_to_an_undeclared_exchange_is_unroutable_and_the_broker_goes_on(hub_broker: Broker) -> None:
+    with pytest.raises(Unroutable, match=r"no exchange 'hub\.retry\.7s'"):
+        hub_broker.publish(Message(retry_exchange(7), "lab.routine.x", b"{}", message_id="lost")).result(WAIT)
+    key = exam_routing_key("lab", "routine", ORIGIN)
+    hub_broker.publish(exam(key, 1)).result(WAIT)
+    eventually(lambda: hub_broker.message_count(exam_queue("lab")) == 1)

@@ -112,6 +112,9 @@ class MemoryBroker(Broker):
             if self._closed:
                 future.set_exception(BrokerUnavailable("the in-process broker is closed"))
                 return future
+            if message.exchange and message.exchange not in self._exchanges:
+                future.set_exception(Unroutable(f"no exchange {message.exchange!r} is declared"))
+                return future
             queues = self._route(message.exchange, message.routing_key)
             if not queues:
                 future.set_exception(

@@ -255,6 +255,9 @@ class RabbitMQBroker(Broker):
                     f"RabbitMQ refused user_id {entry.message.user_id!r}: this connection is logged in as "
                     f"{self._login!r}, and a member may only publish as itself ({text})"
                 )
+            elif f"no exchange '{self.namespace + entry.message.exchange}'" in text:
+                # The other messages in flight fail as BrokerUnavailable and are sent again.
+                error = Unroutable(f"no exchange {entry.message.exchange!r} in RabbitMQ: declare the topology")
             else:
                 error = BrokerUnavailable(f"the publishing channel closed before the confirm: {text}")
             _settle(entry.future, error)
