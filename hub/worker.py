@@ -44,7 +44,17 @@ from hub.envelope import Centre, Exam, Report
 from hub.errors import BrokerError, EnvelopeError, Unroutable
 from hub.events import EventKind, event_message, exam_event
 from hub.publish import all_confirmed, submit_report_async
-from hub.topology import PARKED, RETRY_DELAYS, exam_queue, retry_exchange, stat_queue
+from hub.topology import (
+    ALERTS,
+    EVENTS,
+    PARKED,
+    REGISTRY,
+    REPORTS,
+    RETRY_DELAYS,
+    exam_queue,
+    retry_exchange,
+    stat_queue,
+)
 
 __all__ = ["Handler", "Reject", "Retry", "Worker"]
 
@@ -99,12 +109,13 @@ class Worker:
 
     def start(self) -> None:
         """Start consuming; BrokerError if the broker lacks an exchange this worker would publish to."""
-        missing = [e for e in (*map(retry_exchange, self.retry_delays), PARKED) if not self.broker.exchange_exists(e)]
+        needed = [*map(retry_exchange, self.retry_delays), PARKED, REPORTS, REGISTRY, ALERTS]
+        missing = [e for e in needed + ([EVENTS] if self.events else []) if not self.broker.exchange_exists(e)]
         if missing:
             # Found at the first retry, a missing exchange would close the publishing channel every time.
             raise BrokerError(
-                f"the broker has no exchange {', '.join(missing)}: declare the topology with this worker's"
-                f" retry_delays {self.retry_delays} first (hub topology declare)"
+                f"the broker has no exchange {', '.join(missing)}: declare the topology first (hub topology"
+                f" declare), with this worker's retry_delays {self.retry_delays}"
             )
         self._threads = [
             threading.Thread(target=self._loop, args=(False,), name=f"hub-worker-{self.centre}-{n}", daemon=True)

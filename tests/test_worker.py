@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -532,7 +533,16 @@ def test_a_worker_whose_retry_delays_are_not_declared_does_not_start(hub_broker:
     hub_broker.publish(exam_message(make_exam(1))).result(10)
     handled: list[Exam] = []
     worker = Worker(hub_broker, "ecg", handled.append, retry_delays=(1, 7))  # type: ignore[arg-type]
-    with pytest.raises(BrokerError, match=r"no exchange hub\.retry\.7s: declare the topology with this worker's"):
+    with pytest.raises(BrokerError, match=r"no exchange hub\.retry\.7s: declare the topology first"):
         worker.start()
     time.sleep(0.3)
     assert handled == [] and hub_broker.message_count(exam_queue("ecg")) == 1  # nothing was consumed
+
+
+def test_a_worker_checks_every_exchange_it_publishes_to(hub_broker: Broker) -> None:
+    hub_broker.delete(TOPOLOGY)
+    named = "hub.retry.1s, hub.retry.2s, hub.parked, hub.reports, hub.registry, hub.alerts"
+    with pytest.raises(BrokerError, match=f"no exchange {re.escape(named)}, hub.events: "):
+        Worker(hub_broker, "ecg", read_ecg, retry_delays=TOPOLOGY.retry_delays).start()
+    with pytest.raises(BrokerError, match=f"no exchange {re.escape(named)}: "):  # no ledger events: not needed
+        Worker(hub_broker, "ecg", read_ecg, retry_delays=TOPOLOGY.retry_delays, events=False).start()
