@@ -309,7 +309,7 @@ def test_the_part10_file_meta_is_byte_for_byte_pynetdicoms(sop_instance: str, sy
         context=SimpleNamespace(transfer_syntax=UID(syntax)),
     )  # fmt: skip
     assert _part10(event) == pynetdicom_part10(CTImageStorage, sop_instance, syntax, data_set)
-    event.request.AffectedSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.王")  # not a UID, but no crash
+    event.request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.王"  # not a UID, but no crash
     assert b"\x02\x00\x03\x00UI\x1c\x001.2.826.0.1.3680043.8.498.?\x00" in _part10(event)
 
 
