@@ -163,6 +163,7 @@ class DicomGateway(_Section):
     host: str = "127.0.0.1"
     port: Port = 11112
     ae_title: AETitle = "CONSORTIUM_HUB"
+    check_called_ae: bool = False  # refuse associations addressed to another AE title (Orthanc: DicomCheckCalledAet)
     study_stable_seconds: Annotated[float, Field(gt=0)] = 10.0
 
 

@@ -87,10 +87,10 @@ def _is_binary(path: Path) -> bool:
 
 
 def dcmtk(
-    tool: str, port: int, calling: str, *args: str | Path, nodelay: bool = True
+    tool: str, port: int, calling: str, *args: str | Path, nodelay: bool = True, called: str = HUB_AE
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TCP_NODELAY": "1"} if nodelay else {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
-    command = [need(tool), "-d", "-aet", calling, "-aec", HUB_AE, "127.0.0.1", str(port), *map(str, args)]
+    command = [need(tool), "-d", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -159,8 +159,9 @@ def listen(hub_broker: Broker, blobs: BlobStore) -> Iterator[Callable[..., Dicom
     """Start an SCP on port 0: ``listen(intake=None)``."""
     started: list[DicomListener] = []
 
-    def start(intake: Intake | None = None) -> DicomListener:
-        listener = start_dicom(intake or Intake(hub_broker, blobs), CONFIG, DicomGateway(port=0, ae_title=HUB_AE))
+    def start(intake: Intake | None = None, **settings: Any) -> DicomListener:
+        gateway = DicomGateway(port=0, ae_title=HUB_AE, **settings)
+        listener = start_dicom(intake or Intake(hub_broker, blobs), CONFIG, gateway)
         started.append(listener)
         return listener
 
@@ -195,6 +196,18 @@ def test_an_unknown_calling_ae_title_is_refused_at_association(
     assert not (blobs.root / "sha256").exists()
     # The listener goes on taking members.
     assert dcmtk("echoscu", listener.port, "YQ_CT01").returncode == 0
+
+
+def test_the_called_ae_title_is_checked_when_configured(listen: Callable[..., DicomListener]) -> None:
+    lenient, strict = listen(), listen(check_called_ae=True)
+    assert dcmtk("echoscu", lenient.port, "YQ_CT01", called="ANY_TITLE").returncode == 0  # the default, as Orthanc's
+    result = dcmtk("echoscu", strict.port, "YQ_CT01", called="ANY_TITLE")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Association Rejected" in output
+    assert "Rejected Permanent, Source: Service User" in output and "Called AE Title Not Recognized" in output
+    assert dcmtk("echoscu", strict.port, "YQ_CT01").returncode == 0  # addressed to the gateway's own title
+    refused = dcmtk("echoscu", strict.port, "NOT_A_MEMBER")  # the calling title is still checked first
+    assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
 
 
 def test_accepted_sockets_get_tcp_nodelay_and_quickack(listen: Callable[..., DicomListener]) -> None:

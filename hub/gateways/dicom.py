@@ -7,7 +7,8 @@
 A small file that binds pynetdicom handlers, as pynetdicom's storescp app does:
 
 - Association: a calling AE title that no institution in the config has is refused with
-  A-ASSOCIATE-RJ (rejected-permanent, service user, calling AE title not recognised).
+  A-ASSOCIATE-RJ (rejected-permanent, service user, calling AE title not recognised); with
+  ``check_called_ae`` so is a called AE title other than the gateway's (called AE title not recognised).
 - C-STORE, for each instance:
   1. the Part 10 file as received (preamble, meta, data set) goes to the blob store, fsync'd;
   2. ``adapters.dicom.read`` with the institution's code as origin, its fallback charset and the
@@ -173,20 +174,29 @@ class _Instance:
 
 
 class _Handlers:
-    def __init__(self, intake: Intake, config: Config) -> None:
+    def __init__(self, intake: Intake, config: Config, settings: DicomGateway) -> None:
         if intake.blobs is None:
             raise ValueError("the DICOM gateway needs an Intake with a blob store")
         self.intake = intake
         self.blobs = intake.blobs
         self.by_title = {title: i for i in config.institutions for title in i.ae_titles}
+        self.own_title = settings.ae_title if settings.check_called_ae else None
 
     def requested(self, event: Any) -> None:
         association = event.assoc
-        title = str(association.requestor.primitive.calling_ae_title).strip()
-        if title in self.by_title:
+        primitive = association.requestor.primitive
+        title = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        if title not in self.by_title:
+            log.warning("refused association from %s: calling AE title %r is no institution's", _peer(event), title)
+            reason = 0x03  # calling AE title not recognised
+        elif self.own_title is not None and called != self.own_title:
+            log.warning("refused association from %s: called AE title %r is not %r", _peer(event), called,
+                        self.own_title)  # fmt: skip
+            reason = 0x07  # called AE title not recognised
+        else:
             return
-        log.warning("refused association from %s: calling AE title %r is no institution's", _peer(event), title)
-        association.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE unknown
+        association.acse.send_reject(0x01, 0x01, reason)  # rejected-permanent, service user
         association.kill()
 
     def store(self, event: Any) -> Dataset:
@@ -262,7 +272,7 @@ class _Handlers:
 
 def start_dicom(intake: Intake, config: Config, settings: DicomGateway) -> DicomListener:
     """Listen for C-STORE and C-ECHO at ``settings.host``:``settings.port`` as ``settings.ae_title``."""
-    handlers = _Handlers(intake, config)
+    handlers = _Handlers(intake, config, settings)
     ae = AE(ae_title=settings.ae_title)
     server = cast(_Server, ae.make_server((settings.host, settings.port), contexts=_contexts(), server_class=_Server))
     # pynetdicom's default handlers log every PDU: cost on each read, and DEBUG would show data sets.
