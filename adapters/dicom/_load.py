@@ -14,6 +14,7 @@ that already failed, to name the tag where it breaks.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from io import BytesIO
@@ -26,7 +27,9 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from adapters.dicom import _tags as tags
+from adapters.dicom._items import Item, Node
 from adapters.dicom._probe import PIXEL_TAGS, Probe, probe, tag_location
+from adapters.dicom._walk import WalkError, walk_part10
 from hub.errors import DecodeError
 
 __all__ = ["WANTED_TAGS", "Loaded", "load"]
@@ -63,6 +66,7 @@ WANTED_TAGS: tuple[BaseTag, ...] = (
     tags.WAVEFORM_SEQUENCE,
 )
 
+_WANTED = frozenset(int(tag) for tag in WANTED_TAGS)
 # The pixel data tags as encoded in little and big endian data sets.
 _PIXEL_TAG_BYTES = {
     **{(tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little"): tag for tag in PIXEL_TAGS},
@@ -84,7 +88,7 @@ class Loaded:
     input holds pixel data after the header (None for a Dataset, not checked).
     """
 
-    dataset: Dataset
+    dataset: Node
     raw: bytes | None
     pixel_data: bool | None
     path: str | os.PathLike[str] | None = None
@@ -120,16 +124,45 @@ def load(source: bytes | bytearray | memoryview | os.PathLike[str] | str | Datas
         return Loaded(source, None, None)
     if isinstance(source, (bytes, bytearray, memoryview)):
         raw = bytes(source)
+        walked = _walk(raw)
+        if walked is not None:
+            return Loaded(walked[0], raw, walked[1])
         dataset, pixel_data, force = _parse(BytesIO(raw), len(raw), raw)
         return Loaded(dataset, raw, pixel_data, force=force)
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as fp:
-                dataset, pixel_data, force = _parse(fp, os.fstat(fp.fileno()).st_size, None)
+                size = os.fstat(fp.fileno()).st_size
+                walked = _walk_file(fp, size)
+                if walked is not None:
+                    return Loaded(walked[0], None, walked[1], path=source)
+                dataset, pixel_data, force = _parse(fp, size, None)
         except OSError as exc:
             raise DecodeError(f"the DICOM file cannot be read: {exc.strerror}", location="preamble") from exc
         return Loaded(dataset, None, pixel_data, path=source, force=force)
     raise TypeError(f"expected DICOM bytes, a file path or a pydicom Dataset, not {type(source).__name__}")
+
+
+def _walk(data: bytes | mmap.mmap) -> tuple[Item, bool] | None:
+    """The header by the fast walker (``_walk``); None when the input is left to pydicom."""
+    try:
+        elements, pixels_at = walk_part10(data, _WANTED)
+    except (WalkError, RecursionError):
+        return None
+    if pixels_at is not None:
+        _check_pixel_data(data[pixels_at : pixels_at + 12], pixels_at, len(data), data)
+    return Item(elements), pixels_at is not None
+
+
+def _walk_file(fp: BinaryIO, size: int) -> tuple[Item, bool] | None:
+    if size < 132:
+        return None
+    try:
+        data = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # not a regular file
+        return None
+    with data:
+        return _walk(data)
 
 
 def _parse(fp: BinaryIO, size: int, raw: bytes | None) -> tuple[Dataset, bool, bool]:
@@ -158,7 +191,8 @@ def _parse(fp: BinaryIO, size: int, raw: bytes | None) -> tuple[Dataset, bool, b
     if end > size:  # a skipped value runs past the end
         raise DecodeError(f"the input is truncated; {_RESEND}", location=_reread(fp, force).location)
     if end < size:  # stopped before pixel data
-        _check_pixel_data(fp, end, size, raw)
+        fp.seek(end)
+        _check_pixel_data(fp.read(12), end, size, raw)
         return dataset, True, force
     _check_last_element(dataset, size)
     return dataset, False, force
@@ -169,9 +203,8 @@ def _reread(fp: BinaryIO, force: bool) -> Probe:
     return probe(fp.read(), force)
 
 
-def _check_pixel_data(fp: BinaryIO, offset: int, size: int, raw: bytes | None) -> None:
-    fp.seek(offset)
-    header = fp.read(12)
+def _check_pixel_data(header: bytes, offset: int, size: int, raw: bytes | mmap.mmap | None) -> None:
+    """``header`` is the 12 bytes at ``offset``, where reading stopped; ``raw`` the whole input, if at hand."""
     tag = _PIXEL_TAG_BYTES.get(header[:4])
     if tag is None:
         return

@@ -215,7 +215,7 @@ def _exam(
     )
 
 
-def _charset_terms(dataset: Dataset, elements: Elements) -> list[str]:
+def _charset_terms(dataset: Node, elements: Elements) -> list[str]:
     elements.at = "(0008,0005)"
     element = dataset.get_item(tags.SPECIFIC_CHARACTER_SET)
     value = None if element is None else element.value
@@ -228,7 +228,7 @@ def _charset_terms(dataset: Dataset, elements: Elements) -> list[str]:
     return [str(term) for term in value]
 
 
-def _origin(dataset: Dataset, elements: Elements, given: str | None) -> str:
+def _origin(dataset: Node, elements: Elements, given: str | None) -> str:
     if given and given.strip():
         return given.strip()
     institutions = elements.items(dataset, tags.INSTITUTION_CODE_SEQUENCE)
@@ -247,7 +247,7 @@ def _origin(dataset: Dataset, elements: Elements, given: str | None) -> str:
     return code
 
 
-def _patient(dataset: Dataset, elements: Elements) -> Patient:
+def _patient(dataset: Node, elements: Elements) -> Patient:
     name = elements.person_name(dataset, tags.PATIENT_NAME)
     candidates: list[tuple[Identifier, str, bool]] = []
     main_id = _identifier(dataset, elements, "")
@@ -293,7 +293,7 @@ def _identifier(item: Node, elements: Elements, prefix: str) -> tuple[Identifier
     return Identifier(value=value, system=system, type=type_code), location, claims_resident_id
 
 
-def _date(dataset: Dataset, elements: Elements, tag: int) -> date | None:
+def _date(dataset: Node, elements: Elements, tag: int) -> date | None:
     text = elements.string(dataset, tag)
     if text is None:
         return None
@@ -307,7 +307,7 @@ def _date(dataset: Dataset, elements: Elements, tag: int) -> date | None:
     return date(parsed.year, parsed.month, parsed.day)
 
 
-def _performed_at(dataset: Dataset, elements: Elements) -> datetime | None:
+def _performed_at(dataset: Node, elements: Elements) -> datetime | None:
     zone = _timezone(dataset, elements)
     study_date = _date(dataset, elements, tags.STUDY_DATE)
     if study_date is not None:
@@ -333,7 +333,7 @@ def _performed_at(dataset: Dataset, elements: Elements) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
 
 
-def _timezone(dataset: Dataset, elements: Elements) -> tzinfo:
+def _timezone(dataset: Node, elements: Elements) -> tzinfo:
     text = elements.string(dataset, tags.TIMEZONE_OFFSET_FROM_UTC)  # e.g. +0800
     if text is None:
         return CHINA_TZ

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
 
 from adapters._common import in_source
 from adapters.dicom import _tags as tags
@@ -20,7 +19,7 @@ _GROUP = "(5400,0100)[0]"
 WAVEFORM_DATA_LOCATION = f"{_GROUP}(5400,1010)"
 
 
-def read_waveform(dataset: Dataset, elements: Elements) -> Waveform:
+def read_waveform(dataset: Node, elements: Elements) -> Waveform:
     """The first multiplex group of Waveform Sequence (5400,0100), the rhythm strip in a 12-lead ECG.
 
     The samples stay in the instance: the data attachment points inside it.
@@ -79,7 +78,7 @@ def _data(group: Node, elements: Elements) -> Attachment:
     )
 
 
-def read_measurements(dataset: Dataset, elements: Elements, observed_at: datetime | None) -> tuple[Observation, ...]:
+def read_measurements(dataset: Node, elements: Elements, observed_at: datetime | None) -> tuple[Observation, ...]:
     """The numeric annotations of Waveform Annotation Sequence (0040,B020): intervals, axes, heart rate."""
     observations: list[Observation] = []
     for index, item in enumerate(elements.items(dataset, tags.WAVEFORM_ANNOTATION_SEQUENCE)):
