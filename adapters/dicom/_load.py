@@ -1,16 +1,15 @@
-"""From bytes, a path or a Dataset to a pydicom Dataset of the header, without pixel data.
+"""From bytes, a path or a Dataset to the header's elements, without pixel data.
 
-Only the top-level elements the adapter uses are kept (``specific_tags``):
-on the CT sample, whose many private elements the hub never reads, that
-reads the header in 370 us instead of the 470 us of a plain ``dcmread``,
-which pays for the rest of the adapter's work.
+Only the top-level elements the adapter uses are kept. A Part 10 file is
+walked by ``_walk`` (CT header: 150 us, against 700 us for pydicom's
+``dcmread`` with ``specific_tags``); whatever the walker does not take goes
+to ``dcmread`` as before.
 
 pydicom reads a truncated file quietly (a short last value, or a partial
 element header at the end, simply ends the data set). Cheap checks here
 catch the usual cases: a value or pixel data running past the end, a last
 element cut short. A slow second reading (``_probe``) runs only for an input
-that already failed, to name the tag where it breaks.
-"""
+that already failed, to name the tag where it breaks."""
 
 from __future__ import annotations
 

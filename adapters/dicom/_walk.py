@@ -4,7 +4,7 @@ pydicom's ``data_element_generator`` reads every element header through a
 file object, and on the CT sample that walk (the skipped private groups too)
 was half of the adapter's read. This one walks the bytes themselves with
 ``struct.unpack_from`` and builds a RawDataElement only for the elements the
-adapter reads: 700 us down to 220 us per CT_small header (see README,
+adapter reads: 700 us down to 150 us per CT_small header (see README,
 Performance).
 
 It is right only on well-formed input, and that is all it has to be:
