@@ -19,7 +19,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 
-from adapters.dicom._walk import ITEM, SEQUENCE_DELIMITER, UNDEFINED_LENGTH, WalkError, syntax_of, walk_elements
+from adapters.dicom._walk import ITEM, SEQUENCE_DELIMITER, UNDEFINED_LENGTH, WalkError, syntax_of, walk_items
 
 __all__ = ["Item", "Node", "read_items", "value_of"]
 
@@ -55,28 +55,7 @@ def read_items(value: bytes, *, implicit_vr: bool, little_endian: bool) -> list[
 
 def _walk_items(value: bytes, *, implicit_vr: bool, little_endian: bool) -> list[Item]:
     syntax = syntax_of(implicit=implicit_vr, little=little_endian)
-    unpack_item = syntax.item.unpack_from
-    items: list[Item] = []
-    pos, end = 0, len(value)
-    while pos < end:
-        if pos + 8 > end:
-            raise WalkError("the sequence ends inside an item header")
-        high, low, length = unpack_item(value, pos)
-        pos += 8
-        tag = high << 16 | low
-        if tag == SEQUENCE_DELIMITER:
-            break
-        if tag != ITEM:
-            raise WalkError("expected an item")
-        if length == UNDEFINED_LENGTH:
-            elements, pos, _ = walk_elements(value, pos, end, syntax, None, delimited=True)
-        else:
-            if pos + length > end:
-                raise WalkError("an item runs past the end of the sequence")
-            elements = walk_elements(value, pos, pos + length, syntax, None)[0]
-            pos += length
-        items.append(Item(elements))
-    return items
+    return [Item(elements) for elements in walk_items(value, 0, len(value), syntax, None, delimited=False)[0]]
 
 
 def _generate_items(value: bytes, *, implicit_vr: bool, little_endian: bool) -> list[Item]:

@@ -9,7 +9,8 @@ pydicom reads a truncated file quietly (a short last value, or a partial
 element header at the end, simply ends the data set). Cheap checks here
 catch the usual cases: a value or pixel data running past the end, a last
 element cut short. A slow second reading (``_probe``) runs only for an input
-that already failed, to name the tag where it breaks."""
+that already failed, to name the tag where it breaks.
+"""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def load(source: bytes | bytearray | memoryview | os.PathLike[str] | str | Datas
         try:
             with open(source, "rb") as fp:
                 size = os.fstat(fp.fileno()).st_size
-                walked = _walk_file(fp, size)
+                walked = _walk_file(fp)
                 if walked is not None:
                     return Loaded(walked[0], None, walked[1], path=source)
                 dataset, pixel_data, force = _parse(fp, size, None)
@@ -153,12 +154,10 @@ def _walk(data: bytes | mmap.mmap) -> tuple[Item, bool] | None:
     return Item(elements), pixels_at is not None
 
 
-def _walk_file(fp: BinaryIO, size: int) -> tuple[Item, bool] | None:
-    if size < 132:
-        return None
+def _walk_file(fp: BinaryIO) -> tuple[Item, bool] | None:
     try:
         data = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):  # not a regular file
+    except (OSError, ValueError):  # an empty file, or not a regular one
         return None
     with data:
         return _walk(data)

@@ -37,6 +37,7 @@ __all__ = [
     "WalkError",
     "syntax_of",
     "walk_elements",
+    "walk_items",
     "walk_part10",
 ]
 
@@ -183,7 +184,8 @@ def walk_elements(
         if length == UNDEFINED_LENGTH:
             if vr not in _UNDEFINED_VRS:
                 raise WalkError("an undefined length on a VR that cannot have one")
-            stop = _skip_items(data, value_at, end, _IMPLICIT_LITTLE if vr == "UN" else syntax)
+            inner = _IMPLICIT_LITTLE if vr == "UN" else syntax
+            stop = walk_items(data, value_at, end, inner, frozenset(), delimited=True)[1]
         else:
             stop = value_at + length
             if stop > end:
@@ -197,19 +199,34 @@ def walk_elements(
     return elements, pos, False
 
 
-def _skip_items(data: Data, pos: int, end: int, syntax: Syntax) -> int:
-    """The offset after the sequence delimiter that ends the items starting at ``pos``."""
+def walk_items(
+    data: Data, pos: int, end: int, syntax: Syntax, wanted: frozenset[int] | None, *, delimited: bool
+) -> tuple[list[dict[int, RawDataElement]], int]:
+    """The elements of each item of the sequence value at ``pos``, and where the sequence ends.
+
+    It ends at its delimiter, or at ``end`` for a sequence of defined length (``delimited`` False).
+    An empty ``wanted`` skips the items: one of defined length is then not walked at all.
+    """
     unpack_item = syntax.item.unpack_from
-    while pos + 8 <= end:
+    items: list[dict[int, RawDataElement]] = []
+    while pos < end:
+        if pos + 8 > end:
+            raise WalkError("the sequence ends inside an item header")
         high, low, length = unpack_item(data, pos)
         pos += 8
         tag = high << 16 | low
         if tag == SEQUENCE_DELIMITER:
-            return pos
+            return items, pos
         if tag != ITEM:
             raise WalkError("expected an item")
         if length == UNDEFINED_LENGTH:
-            pos = walk_elements(data, pos, end, syntax, frozenset(), delimited=True)[1]
+            elements, pos, _ = walk_elements(data, pos, end, syntax, wanted, delimited=True)
         else:
+            if pos + length > end:
+                raise WalkError("an item runs past the end of the sequence")
+            elements = walk_elements(data, pos, pos + length, syntax, wanted)[0] if wanted != frozenset() else {}
             pos += length
-    raise WalkError("a sequence of undefined length without its delimiter")
+        items.append(elements)
+    if delimited:
+        raise WalkError("a sequence of undefined length without its delimiter")
+    return items, pos
