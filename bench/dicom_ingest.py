@@ -14,7 +14,9 @@ algorithm) and without it, as most modalities send. Targets:
 Each run starts from empty storage. A rate is the median over interleaved rounds, a ratio the median of
 per-round ratios. Goals: hub >= 1.0x Orthanc with TCP_NODELAY; without it, aim for 5x Orthanc.
 --ablation adds the hub with TCP_NODELAY but without TCP_QUICKACK on its sockets; --steps ends with one
-more hub run that times each step of its C-STORE handler (blob write, adapter, publish and confirm).
+more hub run that times each step of its C-STORE handler (blob write, adapter, publish and confirm);
+--large MiB sends one instance of that size to the hub and to Orthanc and prints how far each one's peak
+resident memory rose above what it held before (Linux: VmHWM after clear_refs). --rounds 0 skips the rates.
 Needs storescu, Orthanc, RabbitMQ at HUB_BENCH_AMQP_URL (default localhost, guest) and rabbitmqctl.
 """
 
@@ -25,6 +27,7 @@ import argparse
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import socket
@@ -34,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from statistics import median
 
@@ -57,6 +61,7 @@ AMQP = os.environ.get("HUB_BENCH_AMQP_URL", "amqp://guest:guest@localhost:5672")
 CONFIG = BENCH.parent / "examples" / "consortium.toml"
 CALLING = "YQ_CT01"  # 於潜镇中心卫生院's CT in the sample config
 SENDERS = {"TCP_NODELAY": True, "no TCP_NODELAY": False}
+LISTENERS: dict[int, int] = {}  # port -> pid of the process listening there, for --large
 
 
 def make_instances(folder: Path, count: int) -> list[Path]:
@@ -147,6 +152,7 @@ def orthanc(scratch: Path) -> Iterator[int]:
         )
     try:
         wait_port(port, process)
+        LISTENERS[port] = process.pid
         yield port
     finally:
         process.terminate()
@@ -169,6 +175,7 @@ def hub(url: str, scratch: Path, *, fsync: bool) -> Iterator[int]:
         assembler = StudyAssembler(broker, intake, stable_seconds=1.0)
         assembler.start()
         listener = gateway.start_dicom(intake, config, DicomGateway(port=0, ae_title="HUB"))
+        LISTENERS[listener.port] = os.getpid()
         try:
             yield listener.port
         finally:
@@ -232,6 +239,51 @@ def timed_steps() -> Iterator[dict[str, list[float]]]:
             setattr(owner, attribute, fn)
 
 
+def make_large_instance(folder: Path, mib: int) -> Path:
+    """One CT instance with ``mib`` MiB of pixel data, made in a child process so this one's memory stays as it was."""
+    path = folder / f"large-{mib}MiB.dcm"
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_write_large_instance, (path, mib))
+    return path
+
+
+def _write_large_instance(path: Path, mib: int) -> None:
+    dataset = dcmread(get_testdata_file("CT_small.dcm"))
+    side = int((mib * 2**20 / 2) ** 0.5)
+    dataset.Rows = dataset.Columns = side
+    dataset.PixelData = bytes(side * side * 2)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.save_as(path)
+
+
+def peak_memory_growth(pid: int, send: Callable[[], object]) -> int:
+    """Bytes by which process ``pid``'s peak resident set rose above its resident set while ``send`` ran (Linux)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+    before = _status_kib(pid, "VmRSS")
+    send()
+    return (_status_kib(pid, "VmHWM") - before) * 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def large_instance_memory(scratch: Path, url: str, mib: int) -> None:
+    """Each target's peak memory growth and time for one storescu of one ``mib`` MiB instance."""
+    path = make_large_instance(scratch, mib)
+    size = path.stat().st_size
+    print(f"  one instance of {size / 2**20:.0f} MiB (TCP_NODELAY), peak resident memory above the listener's own:")
+    targets = {"hub": lambda: hub(url, scratch, fsync=True), "Orthanc": lambda: orthanc(scratch)}
+    for name, target in targets.items():
+        with target() as port:
+            start = time.perf_counter()
+            send = partial(storescu, port, "ORTHANC" if name == "Orthanc" else "HUB", [path], nodelay=True)
+            growth = peak_memory_growth(LISTENERS[port], send)
+            seconds = time.perf_counter() - start
+        print(f"    {name:<36} {growth / 2**20:7.0f} MiB  ({growth / size:.2f}x the instance)   {seconds:5.2f} s")
+
+
 def scratch_vhost() -> tuple[str, str]:
     vhost = f"hub-bench-{uuid.uuid4().hex[:8]}"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
@@ -240,12 +292,34 @@ def scratch_vhost() -> tuple[str, str]:
     return vhost, f"{AMQP}/{vhost}"
 
 
+def print_rates(samples: dict[tuple[str, str], list[float]], targets: list[str]) -> None:
+    """Each target's median rate per sender, its ratio to Orthanc's and the goals' verdicts, and what fsync costs."""
+    for sender in SENDERS:
+        print(f"  sender with {sender}:" if sender == "TCP_NODELAY" else f"  sender with {sender} (Nagle on):")
+        base = samples[(sender, "Orthanc")]
+        for name in targets:
+            rates = samples[(sender, name)]
+            ratio = median(a / b for a, b in zip(rates, base, strict=True))
+            spread = f"{min(rates):.0f}-{max(rates):.0f}"
+            line = f"    {name:<34} {median(rates):>7.1f} img/s  ({spread:>9})  {ratio:>6.2f}x Orthanc"
+            if name == "hub":
+                goal = 1.0 if sender == "TCP_NODELAY" else 5.0
+                line += f"   goal >= {goal:.1f}x: {verdict(ratio >= goal)}"
+            print(line)
+    for sender in SENDERS:
+        on, off = samples[(sender, "hub")], samples[(sender, "hub, fsync off")]
+        cost = median(1 / a - 1 / b for a, b in zip(on, off, strict=True)) * 1000
+        print(f"  fsync ({sender}): {median(a / b for a, b in zip(on, off, strict=True)):.2f}x the rate "
+              f"without it, {cost:+.2f} ms per instance")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=400, help="CT_small instances per association")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--ablation", action="store_true", help="also the hub without TCP_QUICKACK")
     parser.add_argument("--steps", action="store_true", help="then time each step of the hub's handler")
+    parser.add_argument("--large", type=int, metavar="MiB", help="then one instance of MiB: peak memory and time")
     args = parser.parse_args()
     for tool in ("storescu", "Orthanc", "rabbitmqctl"):
         if (dcmtk(tool) if tool == "storescu" else shutil.which(tool)) is None:
@@ -274,23 +348,8 @@ def main() -> None:
                     with target() as port:
                         rate = storescu(port, called.get(name, "HUB"), files, nodelay=nodelay)
                     samples.setdefault((sender, name), []).append(rate)
-        for sender in SENDERS:
-            print(f"  sender with {sender}:" if sender == "TCP_NODELAY" else f"  sender with {sender} (Nagle on):")
-            base = samples[(sender, "Orthanc")]
-            for name in targets:
-                rates = samples[(sender, name)]
-                ratio = median(a / b for a, b in zip(rates, base, strict=True))
-                spread = f"{min(rates):.0f}-{max(rates):.0f}"
-                line = f"    {name:<34} {median(rates):>7.1f} img/s  ({spread:>9})  {ratio:>6.2f}x Orthanc"
-                if name == "hub":
-                    goal = 1.0 if sender == "TCP_NODELAY" else 5.0
-                    line += f"   goal >= {goal:.1f}x: {verdict(ratio >= goal)}"
-                print(line)
-        for sender in SENDERS:
-            on, off = samples[(sender, "hub")], samples[(sender, "hub, fsync off")]
-            cost = median(1 / a - 1 / b for a, b in zip(on, off, strict=True)) * 1000
-            print(f"  fsync ({sender}): {median(a / b for a, b in zip(on, off, strict=True)):.2f}x the rate "
-                  f"without it, {cost:+.2f} ms per instance")  # fmt: skip
+        if args.rounds:
+            print_rates(samples, list(targets))
         if args.steps:
             with timed_steps() as steps, hub(url, scratch, fsync=True) as port:
                 rate = storescu(port, "HUB", files, nodelay=True)
@@ -299,6 +358,8 @@ def main() -> None:
             for step, seconds in steps.items():
                 mean = sum(seconds) / len(seconds)
                 print(f"    {step:<24} p50 {median(seconds) * 1000:5.2f} ms   mean {mean * 1000:5.2f} ms")
+        if args.large:
+            large_instance_memory(scratch, url, args.large)
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)

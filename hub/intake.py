@@ -28,7 +28,7 @@ from hub.envelope import Exam
 from hub.errors import AdapterError, BrokerUnavailable
 from hub.events import event_message, exam_event
 from hub.publish import exam_message
-from hub.store.blobs import BlobStore
+from hub.store.blobs import Blob, BlobStore
 from hub.topology import INTAKE, PARKED
 
 __all__ = ["INLINE_PARK_LIMIT", "Intake", "parked_input_message", "refers_into_source"]
@@ -45,15 +45,19 @@ def refers_into_source(exam: Exam) -> bool:
 
 
 def parked_input_message(
-    raw: bytes,
+    raw: bytes | Blob,
     error: AdapterError | str,
     *,
     format: str | None,
     origin: str | None,
     peer: str | None,
     charset: str | None = None,
-    blob_uri: str | None = None,
 ) -> Message:
+    """``raw`` parked with its problems: inline, or when it is the Blob it was stored as, by its URI."""
+    if isinstance(raw, Blob):
+        size, digest, body, blob_uri = raw.size, raw.sha256, b"", raw.uri
+    else:
+        size, digest, body, blob_uri = len(raw), hashlib.sha256(raw).hexdigest(), raw, None
     problems = [str(p) for p in error.problems] if isinstance(error, AdapterError) else [str(error)]
     headers: dict[str, object] = {
         "x-hub-park-reason": type(error).__name__ if isinstance(error, AdapterError) else "refused",
@@ -61,15 +65,15 @@ def parked_input_message(
         "x-hub-problems": [p[:500] for p in problems[:50]],
         "x-hub-parked-at": datetime.now(UTC).isoformat(),
         "x-hub-format": format or "unknown",
-        "x-hub-size": len(raw),
+        "x-hub-size": size,
     }
     optional = {"x-hub-origin": origin, "x-hub-peer": peer, "x-hub-charset": charset, "x-hub-blob": blob_uri}
     headers.update({k: v for k, v in optional.items() if v})
     return Message(
         PARKED,
         INTAKE,
-        b"" if blob_uri else raw,
-        message_id="parked-" + hashlib.sha256(raw).hexdigest()[:32],
+        body,
+        message_id="parked-" + digest[:32],
         headers=headers,
         content_type="application/octet-stream",
     )
@@ -102,8 +106,7 @@ class Intake:
 
     def _parked(self, raw: bytes, error: AdapterError | str, **where: str | None) -> Message:
         blobs = self._park_blobs(raw)
-        blob_uri = None if blobs is None else blobs.put(raw).uri
-        return parked_input_message(raw, error, blob_uri=blob_uri, **where)
+        return parked_input_message(raw if blobs is None else blobs.put(raw), error, **where)
 
     # -- on the broker's loop (MLLP, FHIR)
 

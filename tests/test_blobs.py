@@ -34,6 +34,17 @@ def test_a_blob_is_addressed_by_the_sha256_of_its_bytes(blobs: BlobStore) -> Non
     assert blobs.put(bytearray(INSTANCE)).uri == blobs.put(memoryview(INSTANCE)).uri == blob.uri
 
 
+def test_parts_are_stored_as_the_one_blob_of_their_bytes_in_order(blobs: BlobStore) -> None:
+    head, tail = INSTANCE[:132], memoryview(bytearray(INSTANCE[132:]))
+    parted = blobs.put(head, tail)
+    assert (parted.sha256, parted.size) == (hashlib.sha256(INSTANCE).hexdigest(), len(INSTANCE))
+    assert blobs.read(parted.uri) == INSTANCE
+    assert blobs.put(INSTANCE) == parted
+    assert blobs.put(tail, head).uri != parted.uri
+    wide = memoryview(bytearray(8)).cast("I")  # not a byte format: its bytes count, not its items
+    assert blobs.read(blobs.put(b"x", wide).uri) == b"x" + bytes(8)
+
+
 def test_the_same_bytes_are_stored_once(blobs: BlobStore) -> None:
     first = blobs.put(INSTANCE)
     written = first.path.stat().st_mtime_ns

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import tomllib
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,7 +45,7 @@ from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
 from hub.broker import Broker
 from hub.config import DicomGateway, load_config
 from hub.envelope import Exam
-from hub.gateways.dicom import DicomListener, _part10, start_dicom
+from hub.gateways.dicom import DicomListener, _file_meta, start_dicom
 from hub.intake import INLINE_PARK_LIMIT, Intake
 from hub.store.blobs import Blob, BlobStore
 from hub.topology import LEDGER, STUDIES, Topology, exam_queue, parked_queue, stat_queue
@@ -298,6 +299,33 @@ def test_the_blob_holds_the_data_set_byte_for_byte_as_sent(
     )
 
 
+def test_an_instance_in_flight_takes_its_size_in_memory_once(
+    listen: Callable[..., DicomListener], hub_broker: Broker, blobs: BlobStore, tmp_path: Path
+) -> None:
+    # pynetdicom holds the received data set in one buffer; the blob is written from it, and the adapter
+    # reads the blob's file, so no second copy of the instance is made (joined, the peak was 2x).
+    large = dcmread(SAMPLES / "ct-gbk-no-charset.dcm")
+    large.Rows = large.Columns = 2048
+    large.PixelData = bytes(2048 * 2048 * 2)  # 8 MiB
+    large.SOPInstanceUID = large.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+    path = tmp_path / "large.dcm"
+    large.save_as(path)
+    size = path.stat().st_size
+    del large
+    listener = listen()
+    tracemalloc.start()
+    try:
+        result = dcmtk("storescu", listener.port, "YQ_CT01", path)  # another process: only the SCP is traced
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    (instance,) = take_all(hub_broker, STUDIES)
+    stored = dcmread(blobs.path(instance.headers["blob"]))
+    assert stored.SOPInstanceUID == uid and stored.PixelData == bytes(2048 * 2048 * 2)
+    assert size < peak < 1.5 * size, f"peak {peak:,} bytes traced for an instance of {size:,}"
+
+
 def pynetdicom_part10(sop_class: str, sop_instance: str, syntax: str, data_set: bytes) -> bytes:
     """What pynetdicom's Event.encoded_dataset() returns for a C-STORE of ``data_set``."""
     meta = create_file_meta(
@@ -321,9 +349,9 @@ def test_the_part10_file_meta_is_byte_for_byte_pynetdicoms(sop_instance: str, sy
                                 DataSet=io.BytesIO(data_set)),
         context=SimpleNamespace(transfer_syntax=UID(syntax)),
     )  # fmt: skip
-    assert _part10(event) == pynetdicom_part10(CTImageStorage, sop_instance, syntax, data_set)
+    assert _file_meta(event) + data_set == pynetdicom_part10(CTImageStorage, sop_instance, syntax, data_set)
     event.request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.王"  # not a UID, but no crash
-    assert b"\x02\x00\x03\x00UI\x1c\x001.2.826.0.1.3680043.8.498.?\x00" in _part10(event)
+    assert b"\x02\x00\x03\x00UI\x1c\x001.2.826.0.1.3680043.8.498.?\x00" in _file_meta(event)
 
 
 def test_many_instances_on_one_association_without_tcp_nodelay(
