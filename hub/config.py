@@ -165,6 +165,9 @@ class DicomGateway(_Section):
     ae_title: AETitle = "CONSORTIUM_HUB"
     check_called_ae: bool = False  # refuse associations addressed to another AE title (Orthanc: DicomCheckCalledAet)
     study_stable_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # More at once are refused (A-ASSOCIATE-RJ rejected-transient, local limit exceeded); the sender retries.
+    # Each holds its instance in flight in memory, so this bounds the gateway's memory too.
+    max_associations: Annotated[int, Field(gt=0)] = 10
 
 
 class FhirGateway(_Section):

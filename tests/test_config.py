@@ -94,6 +94,7 @@ def test_unset_data_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
         (MINIMAL.replace('["YQ_CT01"]', '["THIS_AE_TITLE_IS_TOO_LONG"]'), "institutions[1].ae_titles[0]", "16"),
         (MINIMAL + "[gateways.mllp]\nport = 70000\n", "gateways.mllp.port", "65535"),
         (MINIMAL + '[gateways.mllp]\ntls_cert = "/etc/hub.crt"\n', "gateways.mllp", "tls_key"),
+        (MINIMAL + "[gateways.dicom]\nmax_associations = 0\n", "gateways.dicom.max_associations", "greater than 0"),
         (MINIMAL + '[routing]\nX1 = "dental"\n', "routing.X1", "imaging"),
     ],
 )

@@ -211,6 +211,25 @@ def test_the_called_ae_title_is_checked_when_configured(listen: Callable[..., Di
     assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
 
 
+def test_associations_past_the_limit_are_refused_for_now(listen: Callable[..., DicomListener]) -> None:
+    listener = listen(max_associations=1)
+    ae = AE(ae_title="YQ_CT01")
+    ae.add_requested_context(CTImageStorage)
+    held = ae.associate("127.0.0.1", listener.port, ae_title=HUB_AE)
+    assert held.is_established
+    try:
+        result = dcmtk("echoscu", listener.port, "THY_CT01")
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and "Association Rejected" in output
+        assert "Rejected Transient" in output and "Local Limit Exceeded" in output
+    finally:
+        held.release()
+    deadline = time.monotonic() + WAIT
+    while listener._server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dcmtk("echoscu", listener.port, "THY_CT01").returncode == 0  # a free slot takes the next sender
+
+
 def test_accepted_sockets_get_tcp_nodelay_and_quickack(listen: Callable[..., DicomListener]) -> None:
     listener = listen()
     ae = AE(ae_title="YQ_CT01")

@@ -276,6 +276,7 @@ def start_dicom(intake: Intake, config: Config, settings: DicomGateway) -> Dicom
     """Listen for C-STORE and C-ECHO at ``settings.host``:``settings.port`` as ``settings.ae_title``."""
     handlers = _Handlers(intake, config, settings)
     ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
     server = cast(_Server, ae.make_server((settings.host, settings.port), contexts=_contexts(), server_class=_Server))
     # pynetdicom's default handlers log every PDU: cost on each read, and DEBUG would show data sets.
     for event in (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT):
