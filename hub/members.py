@@ -40,6 +40,7 @@ class MllpReceiver:
     server: asyncio.Server | None = None
     received: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     async def start(cls, host: str = "127.0.0.1", port: int = 0, answer: Answer = "AA") -> MllpReceiver:
@@ -54,6 +55,9 @@ class MllpReceiver:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer = Framer()
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
         try:
             while chunk := await reader.read(65536):
                 for item in framer.feed(chunk):
@@ -69,10 +73,15 @@ class MllpReceiver:
             pass
         finally:
             writer.close()
+            self.connections.discard(task)
 
     async def close(self) -> None:
+        """Stop listening and end the connections still open (Python 3.11's server.close leaves them)."""
         if self.server is not None:
             self.server.close()
+            for task in list(self.connections):
+                task.cancel()
+            await asyncio.gather(*self.connections, return_exceptions=True)
             await self.server.wait_closed()
 
 
