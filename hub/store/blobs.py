@@ -2,6 +2,7 @@
 
     blobs = BlobStore(data_dir / "blobs")
     blob = blobs.put(data)            # Blob(uri="urn:sha256:<hex>", ...), on disk when it returns
+    blobs.put(file_meta, data_set)    # the same blob as their joined bytes, without joining them
     blobs.read(blob.uri)
 
 Each blob is written to a temporary file beside its final name, flushed to
