@@ -132,11 +132,10 @@ def load(source: bytes | bytearray | memoryview | os.PathLike[str] | str | Datas
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as fp:
-                size = os.fstat(fp.fileno()).st_size
                 walked = _walk_file(fp)
                 if walked is not None:
                     return Loaded(walked[0], None, walked[1], path=source)
-                dataset, pixel_data, force = _parse(fp, size, None)
+                dataset, pixel_data, force = _parse(fp, os.fstat(fp.fileno()).st_size, None)
         except OSError as exc:
             raise DecodeError(f"the DICOM file cannot be read: {exc.strerror}", location="preamble") from exc
         return Loaded(dataset, None, pixel_data, path=source, force=force)
