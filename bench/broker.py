@@ -414,15 +414,17 @@ def stat_isolation(broker: Broker, sender: StatSender, url: str, args: argparse.
         empty = stat_latencies(broker, sender, args.stats, 10_000_000 + base, events)
         raw_empty = raw_stat_latencies(url, sender, args.stats, 11_000_000 + base, events)
         before = top_up(broker, lab, args.backlog, 20_000_000 + base)
-        loaded = stat_latencies(broker, sender, args.stats, 30_000_000 + base, events)
+        with Load(broker, lab, before) as load:
+            loaded = stat_latencies(broker, sender, args.stats, 30_000_000 + base, events)
         raw_before = top_up(broker, lab, args.backlog, 40_000_000 + base)
-        raw_loaded = raw_stat_latencies(url, sender, args.stats, 50_000_000 + base, events)
+        with Load(broker, lab, raw_before) as raw_load:
+            raw_loaded = raw_stat_latencies(url, sender, args.stats, 50_000_000 + base, events)
         loaded_p99s.append(p99(loaded))
         empty_p99s.append(p99(empty))
         raw_loaded_p99s.append(p99(raw_loaded))
         raw_empty_p99s.append(p99(raw_empty))
-        print(f"    round {n + 1}: worker {round_figures(loaded, empty, before)};  "
-              f"raw pika {round_figures(raw_loaded, raw_empty, raw_before)}")  # fmt: skip
+        print(f"    round {n + 1}: worker {round_figures(loaded, empty, before)}, {load};\n"
+              f"             raw pika {round_figures(raw_loaded, raw_empty, raw_before)}, {raw_load}")  # fmt: skip
     ratio, raw_ratio = median_ratio(loaded_p99s, empty_p99s), median_ratio(raw_loaded_p99s, raw_empty_p99s)
     print(f"  STAT p99, {args.backlog:,} routine queued {median(loaded_p99s) * 1000:>6.2f} ms   empty queue "
           f"{median(empty_p99s) * 1000:>7.2f} ms   {ratio:>5.2f}x   <2x     {verdict(ratio < 2)}  "
@@ -430,6 +432,25 @@ def stat_isolation(broker: Broker, sender: StatSender, url: str, args: argparse.
     print(f"    raw pika reader, same load  {median(raw_loaded_p99s) * 1000:>6.2f} ms   empty queue "
           f"{median(raw_empty_p99s) * 1000:>7.2f} ms   {raw_ratio:>5.2f}x            "
           f"(what RabbitMQ itself adds under this load; not judged)")  # fmt: skip
+
+
+class Load:
+    """How fast the reader in this process read the routine backlog, and the CPU that took it per exam."""
+
+    def __init__(self, broker: Broker, queue: str, queued: int) -> None:
+        self._broker, self._queue, self._queued = broker, queue, queued
+
+    def __enter__(self) -> Load:
+        self._started, self._cpu = time.monotonic(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, cpu = time.monotonic() - self._started, time.process_time() - self._cpu
+        self.read = self._queued - self._broker.message_count(self._queue)
+        self.rate, self.cpu_per_exam = self.read / wall, cpu / max(1, self.read)
+
+    def __str__(self) -> str:
+        return f"routine read at {self.rate:,.0f}/s with {self.cpu_per_exam * 1e6:.0f} us of this process's CPU each"
 
 
 def round_figures(loaded: list[float], empty: list[float], queued: int) -> str:
