@@ -40,7 +40,7 @@ class MllpReceiver:
     server: asyncio.Server | None = None
     received: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    connections: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
 
     @classmethod
     async def start(cls, host: str = "127.0.0.1", port: int = 0, answer: Answer = "AA") -> MllpReceiver:
@@ -56,8 +56,8 @@ class MllpReceiver:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer = Framer()
         task = asyncio.current_task()
-        if task is not None:
-            self.connections.add(task)
+        assert task is not None  # the server runs each connection as a task of its own
+        self.connections[task] = writer
         try:
             while chunk := await reader.read(65536):
                 for item in framer.feed(chunk):
@@ -73,14 +73,16 @@ class MllpReceiver:
             pass
         finally:
             writer.close()
-            self.connections.discard(task)
+            self.connections.pop(task, None)
 
     async def close(self) -> None:
         """Stop listening and end the connections still open (Python 3.11's server.close leaves them)."""
         if self.server is not None:
             self.server.close()
-            for task in list(self.connections):
-                task.cancel()
+            # Closing a connection ends its read with EOF: cancelling its task instead makes Python 3.11's
+            # StreamReaderProtocol log the CancelledError as an "Exception in callback".
+            for writer in list(self.connections.values()):
+                writer.close()
             await asyncio.gather(*self.connections, return_exceptions=True)
             await self.server.wait_closed()
 

@@ -13,7 +13,10 @@ ORU = (
 
 
 def test_it_answers_each_message_and_close_ends_the_connections_still_open() -> None:
+    errors: list[dict[str, object]] = []
+
     async def run() -> tuple[str, bytes, int, int]:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
         receiver = await MllpReceiver.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
         writer.write(frame(ORU))
@@ -23,8 +26,10 @@ def test_it_answers_each_message_and_close_ends_the_connections_still_open() -> 
         await asyncio.wait_for(receiver.close(), 5)  # with the sender's connection still open
         after = await asyncio.wait_for(reader.read(), 5)
         writer.close()
+        await asyncio.sleep(0.05)  # the loop runs the callbacks of the ended connection task
         return hl7v2.read_ack(answer).code, after, open_before, len(receiver.connections)
 
     code, after, open_before, open_after = asyncio.run(run())
     assert code == "AA"
     assert (open_before, after, open_after) == (1, b"", 0)
+    assert errors == []  # a cancelled connection task made asyncio report "Exception in callback"
