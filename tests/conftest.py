@@ -2,7 +2,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from brokers import broker_urls
+from brokers import broker_urls, rabbitmq_vhost
 from databases import database_url_for
 from hypothesis import settings
 
@@ -19,6 +19,13 @@ settings.load_profile("hub")
 def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each contract test runs on both brokers; RabbitMQ gets a vhost of its own."""
     yield from broker_urls(request.param)
+
+
+@pytest.fixture
+def vhost_url() -> Iterator[str]:
+    """A RabbitMQ vhost of the test's own, deleted afterwards."""
+    with rabbitmq_vhost() as url:
+        yield url
 
 
 @pytest.fixture

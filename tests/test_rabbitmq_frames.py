@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from brokers import rabbitmq_vhost, take
+from brokers import take
 
 from hub.broker import Message, connect
 from hub.brokers.rabbitmq import RabbitMQBroker
@@ -13,12 +10,6 @@ from hub.topology import EXAMS, Topology, exam_queue, exam_routing_key
 
 ORIGIN = "12330112475697894G"  # 高虹镇卫生院
 MESSAGES = 40
-
-
-@pytest.fixture
-def vhost_url() -> Iterator[str]:
-    with rabbitmq_vhost() as url:
-        yield url
 
 
 def test_a_batch_of_publishes_leaves_in_far_fewer_writes_than_frames_and_arrives_whole(vhost_url: str) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
 
 import pytest
-from brokers import rabbitmq_vhost
 
 from hub.broker import Delivery, Message, connect
 from hub.errors import BrokerError
@@ -15,12 +13,6 @@ from hub.topology import EXAMS, Topology, exam_queue, exam_routing_key, parked_q
 
 ORIGIN = "12330112475697894G"  # 高虹镇卫生院
 TOPOLOGY = Topology(institutions=[ORIGIN], retry_delays=(1,))
-
-
-@pytest.fixture
-def vhost_url() -> Iterator[str]:
-    with rabbitmq_vhost() as url:
-        yield url
 
 
 def test_namespaces_share_a_vhost_without_seeing_each_other(vhost_url: str) -> None:

@@ -6,14 +6,13 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from brokers import rabbitmq_vhost, take_all
+from brokers import take_all
 
 from hub.broker import Delivery, Message, connect
 from hub.brokers import rabbitmq
@@ -24,12 +23,6 @@ from hub.topology import EXAMS, Topology, exam_queue, exam_routing_key
 ORIGIN = "12330112473455672X"  # 昌化镇卫生院
 KEY = exam_routing_key("ecg", "stat", ORIGIN)
 STAT = exam_queue("ecg") + ".stat"
-
-
-@pytest.fixture
-def vhost_url() -> Iterator[str]:
-    with rabbitmq_vhost() as url:
-        yield url
 
 
 def _vhost(url: str) -> str:

@@ -8,11 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from brokers import rabbitmq_vhost, take_all
+from brokers import take_all
 from handlers import read_ecg
 from test_rabbitmq_resilience import close_connections, eventually
 from test_worker import ORIGIN, TOPOLOGY, make_exam
@@ -24,12 +22,6 @@ from hub.topology import DELIVERY_LIMIT, exam_queue, parked_queue, report_queue,
 from hub.worker import Worker
 
 WAIT = 30.0
-
-
-@pytest.fixture
-def vhost_url() -> Iterator[str]:
-    with rabbitmq_vhost() as url:
-        yield url
 
 
 def reports_of(url: str) -> queue.Queue[Delivery]:
