@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from typing import Any
 
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic, BasicProperties
@@ -401,12 +403,15 @@ class RabbitMQBroker(Broker):
 
 
 class _Connection(AsyncioConnection):  # type: ignore[misc]  # pika ships no types
-    """pika's AsyncioConnection, writing what one pass of the loop sends as one buffer.
+    """pika's AsyncioConnection, writing what one pass of the loop sends as one buffer, at once.
 
-    pika hands every frame to its transport alone (a publish is three: method, header and body)
-    and the transport sends each with a ``send()`` of its own, arming and disarming the socket's
-    writer for each burst. Here the frames of a pass are joined and handed over once, at the end
-    of the pass, which is no later than the transport would have sent them.
+    pika hands every frame to its transport alone (a publish is three: method, header and body),
+    and its transport never sends straight away: it arms the socket's writer, sends on the next
+    pass of the loop, and disarms the writer again (two ``epoll_ctl`` and a loop pass per burst).
+    Here the frames of a pass are joined and, at the end of the pass, sent with one ``send()``
+    when nothing is waiting in the transport's buffer, as asyncio's own transports do. What the
+    socket does not take, and anything while the buffer is not empty, goes to pika's transport,
+    which keeps the order and handles errors as before.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -420,8 +425,27 @@ class _Connection(AsyncioConnection):  # type: ignore[misc]  # pika ships no typ
 
     def _emit_outgoing(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
-        if self._transport is not None:  # else the connection was lost in between, and its frames with it
-            super()._adapter_emit_data(b"".join(outgoing))
+        transport = self._transport
+        if transport is None:  # the connection was lost in between, and its frames with it
+            return
+        data = b"".join(outgoing)
+        if (
+            isinstance(transport, _AsyncPlaintextTransport)  # TLS sends go through pika's state machine
+            and transport._state == transport._STATE_ACTIVE
+            and transport.get_write_buffer_size() == 0
+        ):
+            data = data[self._send_now(transport._sock, data) :]
+            if not data:
+                return
+        super()._adapter_emit_data(data)
+
+    @staticmethod
+    def _send_now(sock: socket.socket, data: bytes) -> int:
+        """Bytes the socket took without blocking; 0 leaves all of them, and any error, to pika's transport."""
+        try:
+            return sock.send(data)
+        except OSError:  # would block, interrupted, or broken: the transport retries, or fails the connection
+            return 0
 
 
 class _Subscription(Subscription):
