@@ -25,21 +25,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
@@ -48,10 +52,14 @@ from _timing import verdict
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
 import hub.gateways.dicom as gateway
+import hub.gateways.dicom_ul as upper_layer
 from hub.broker import connect
 from hub.config import DicomGateway, load_config
+from hub.gateways.dicom_ul import Status
 from hub.gateways.studies import StudyAssembler
 from hub.intake import Intake
 from hub.store.blobs import BlobStore
@@ -186,26 +194,56 @@ def hub(url: str, scratch: Path, *, fsync: bool) -> Iterator[int]:
 
 @contextlib.contextmanager
 def scp_alone(url: str, scratch: Path) -> Iterator[int]:
-    """The hub's SCP (its sockets, contexts and handlers unbound) answering 0x0000 at once: pynetdicom's ceiling."""
-    store = gateway._Handlers.store
-    gateway._Handlers.store = lambda _self, _event: gateway._status(gateway.SUCCESS)  # type: ignore[method-assign]
+    """The hub's SCP (its Upper Layer, contexts and sockets) answering 0x0000 at once: the protocol's own cost."""
+    store = gateway._Services.store
+
+    async def at_once(_self: object, _request: object) -> Status:
+        return Status(gateway.SUCCESS)
+
+    gateway._Services.store = at_once  # type: ignore[method-assign,assignment]
     try:
         with hub(url, scratch, fsync=False) as port:
             yield port
     finally:
-        gateway._Handlers.store = store  # type: ignore[method-assign]
+        gateway._Services.store = store  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def pynetdicom_alone() -> Iterator[int]:
+    """pynetdicom 3's own SCP with the gateway's contexts, answering 0x0000 at once, TCP_NODELAY on its sockets:
+    what the gateway cost per instance before it had an Upper Layer of its own."""
+
+    class NoDelay(ThreadedAssociationServer):
+        def get_request(self) -> tuple[socket.socket, Any]:
+            connection, address = super().get_request()
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return connection, address
+
+    ae = AE(ae_title="HUB")
+    server = ae.make_server(("127.0.0.1", 0), contexts=gateway._contexts(), server_class=NoDelay,
+                            evt_handlers=[(evt.EVT_C_STORE, lambda _event: 0x0000)])  # fmt: skip
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    LISTENERS[port] = os.getpid()
+    try:
+        yield port
+    finally:
+        socketserver.BaseServer.shutdown(server)  # pynetdicom's own expects a server that AE.start_server made
+        server.server_close()
+        thread.join(10)
 
 
 @contextlib.contextmanager
 def without_quickack(target: contextlib.AbstractContextManager[int]) -> Iterator[int]:
     """The hub with TCP_NODELAY only: the gateway's QUICKACK switched off for this run."""
-    quickack = gateway._TCP_QUICKACK
-    gateway._TCP_QUICKACK = None
+    quickack = upper_layer._TCP_QUICKACK
+    upper_layer._TCP_QUICKACK = None
     try:
         with target as port:
             yield port
     finally:
-        gateway._TCP_QUICKACK = quickack
+        upper_layer._TCP_QUICKACK = quickack
 
 
 @contextlib.contextmanager
@@ -213,14 +251,14 @@ def timed_steps() -> Iterator[dict[str, list[float]]]:
     """Seconds each step of the hub's C-STORE handler takes, per instance, while the block runs."""
     steps: dict[str, list[float]] = {}
     patched = [
-        (gateway._Handlers, "store", "whole handler"),
+        (gateway._Services, "store", "whole handler"),
         (BlobStore, "put", "blob write, fsync'd"),
         (gateway.dicom, "read", "adapters.dicom.read"),
-        (gateway._Handlers, "_publish", "publish and confirm"),
+        (gateway._Services, "_publish", "publish and confirm"),
     ]
     saved = {(owner, attribute): getattr(owner, attribute) for owner, attribute, _step in patched}
 
-    def timer(step: str, fn: Callable[..., object]) -> Callable[..., object]:
+    def timer(step: str, fn: Callable[..., Any]) -> Callable[..., object]:
         def timed(*args: object, **kwargs: object) -> object:
             start = time.perf_counter()
             try:
@@ -228,7 +266,14 @@ def timed_steps() -> Iterator[dict[str, list[float]]]:
             finally:
                 steps.setdefault(step, []).append(time.perf_counter() - start)
 
-        return timed
+        async def timed_async(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                steps.setdefault(step, []).append(time.perf_counter() - start)
+
+        return timed_async if inspect.iscoroutinefunction(fn) else timed
 
     for owner, attribute, step in patched:
         setattr(owner, attribute, timer(step, saved[owner, attribute]))
@@ -333,7 +378,8 @@ def main() -> None:
             "hub": lambda: hub(url, scratch, fsync=True),
             "hub, fsync off": lambda: hub(url, scratch, fsync=False),
             "Orthanc": lambda: orthanc(scratch),
-            "pynetdicom alone, answers at once": lambda: scp_alone(url, scratch),
+            "the hub's SCP alone, answers at once": lambda: scp_alone(url, scratch),
+            "pynetdicom alone, answers at once": pynetdicom_alone,
         }
         if args.ablation:
             targets["hub, no QUICKACK"] = lambda: without_quickack(hub(url, scratch, fsync=True))

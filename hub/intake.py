@@ -119,6 +119,10 @@ class Intake:
         await _confirmed(self.broker, self._messages(exams, user_id))
         return list(exams)
 
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` as they are; all confirmed on return."""
+        await _confirmed(self.broker, list(messages))
+
     async def park(
         self,
         raw: bytes,

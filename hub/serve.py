@@ -7,9 +7,9 @@
 
 The pieces: the ledger (events -> exam states, SLA clocks, alerts) and the
 recognition registry (report copies -> recognised results) on the store; the
-MLLP and FHIR gateways on the broker's own loop, so their publishes cost no
-thread hop; the DICOM SCP on pynetdicom's threads with its study assembly; and
-report egress. Each is its own module; this one only starts and stops them.
+MLLP and FHIR gateways and the DICOM SCP on the broker's own loop, so their
+publishes cost no thread hop, the SCP with its study assembly; and report
+egress. Each is its own module; this one only starts and stops them.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ message gives 0xA700 and keeps nothing; an unknown calling AE title never gets a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import os
@@ -20,7 +21,6 @@ import tomllib
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -46,6 +46,7 @@ from hub.broker import Broker
 from hub.config import DicomGateway, load_config
 from hub.envelope import Exam
 from hub.gateways.dicom import DicomListener, _file_meta, start_dicom
+from hub.gateways.dicom_ul import Association, StoreRequest
 from hub.intake import INLINE_PARK_LIMIT, Intake
 from hub.store.blobs import Blob, BlobStore
 from hub.topology import LEDGER, STUDIES, Topology, exam_queue, parked_queue, stat_queue
@@ -225,23 +226,21 @@ def test_associations_past_the_limit_are_refused_for_now(listen: Callable[..., D
     finally:
         held.release()
     deadline = time.monotonic() + WAIT
-    while listener._server.active_associations and time.monotonic() < deadline:
+    while listener.server.associations and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dcmtk("echoscu", listener.port, "THY_CT01").returncode == 0  # a free slot takes the next sender
 
 
-def test_accepted_sockets_get_tcp_nodelay_and_quickack(listen: Callable[..., DicomListener]) -> None:
+def test_accepted_sockets_get_tcp_nodelay(listen: Callable[..., DicomListener]) -> None:
     listener = listen()
     ae = AE(ae_title="YQ_CT01")
     ae.add_requested_context(CTImageStorage)
     association = ae.associate("127.0.0.1", listener.port, ae_title=HUB_AE)
     assert association.is_established
     try:
-        (acceptor,) = listener._server.active_associations  # the hub's side of this association
-        accepted = acceptor.dul.socket.socket
+        (acceptor,) = listener.server.associations  # the hub's side of this association
+        accepted = acceptor._transport.get_extra_info("socket")
         assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        if hasattr(socket, "TCP_QUICKACK"):
-            assert type(accepted).__name__ == "_QuickAckSocket"  # re-arms TCP_QUICKACK after every read
     finally:
         association.release()
 
@@ -258,13 +257,13 @@ def test_samples_are_in_the_blob_store_and_on_the_broker_before_success(
     class BlobFirst(Intake):
         """Notes, as each message goes out, that the blob it names is already whole in the store."""
 
-        def publish_blocking(self, messages: Any) -> None:
+        async def publish(self, messages: Any) -> None:
             published.extend(blobs.read(m.headers["blob"])[128:132].decode() for m in messages)
-            super().publish_blocking(messages)
+            await super().publish(messages)
 
-        def accept_blocking(self, exams: Any, raw: bytes | None = None, *, user_id: str | None = None) -> list[Exam]:
+        async def accept(self, exams: Any, raw: bytes | None = None, *, user_id: str | None = None) -> list[Exam]:
             published.extend(blobs.read(str(e.source.uri))[128:132].decode() for e in exams)
-            return super().accept_blocking(exams, raw, user_id=user_id)
+            return await super().accept(exams, raw, user_id=user_id)
 
     listener = listen(BlobFirst(hub_broker, blobs))
     for name, calling in SENDERS.items():
@@ -363,14 +362,11 @@ def pynetdicom_part10(sop_class: str, sop_instance: str, syntax: str, data_set: 
 )
 def test_the_part10_file_meta_is_byte_for_byte_pynetdicoms(sop_instance: str, syntax: str) -> None:
     data_set = b"\x08\x00\x16\x00UI\x1a\x00" + CTImageStorage.encode() + b"\x00"
-    event = SimpleNamespace(
-        request=SimpleNamespace(AffectedSOPClassUID=CTImageStorage, AffectedSOPInstanceUID=UID(sop_instance),
-                                DataSet=io.BytesIO(data_set)),
-        context=SimpleNamespace(transfer_syntax=UID(syntax)),
-    )  # fmt: skip
-    assert _file_meta(event) + data_set == pynetdicom_part10(CTImageStorage, sop_instance, syntax, data_set)
-    event.request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.王"  # not a UID, but no crash
-    assert b"\x02\x00\x03\x00UI\x1c\x001.2.826.0.1.3680043.8.498.?\x00" in _file_meta(event)
+    association = Association("YQ_CT01", HUB_AE, "127.0.0.1:1")
+    request = StoreRequest(association, CTImageStorage, sop_instance, syntax, bytearray(data_set))
+    assert _file_meta(request) + data_set == pynetdicom_part10(CTImageStorage, sop_instance, syntax, data_set)
+    not_a_uid = dataclasses.replace(request, sop_instance="1.2.826.0.1.3680043.8.498.王")  # but no crash
+    assert b"\x02\x00\x03\x00UI\x1c\x001.2.826.0.1.3680043.8.498.?\x00" in _file_meta(not_a_uid)
 
 
 def test_many_instances_on_one_association_without_tcp_nodelay(
@@ -470,11 +466,11 @@ def test_an_internal_failure_is_0xc211_parked_and_the_listener_goes_on(
     class FailingOnce(Intake):
         failed = False
 
-        def publish_blocking(self, messages: Any) -> None:
+        async def publish(self, messages: Any) -> None:
             if not self.failed and messages[0].exchange == STUDIES:
                 self.failed = True
                 raise RuntimeError(f"boom with {Exam.decode(messages[0].body).patient.name}")
-            super().publish_blocking(messages)
+            await super().publish(messages)
 
     listener = listen(FailingOnce(hub_broker, blobs))
     first = dcmtk("storescu", listener.port, "YQ_CT01", SAMPLES / "ct-gbk-no-charset.dcm")
