@@ -506,7 +506,7 @@ def main() -> None:
                   f"(asubmit on the broker's loop, as the gateways publish)")  # fmt: skip
             print(f"    from another thread         {median(threaded):>9,.0f}/s   "
                   f"{'':>35}{median_ratio(threaded, raw):>5.2f}x            "
-                  f"(submit_async, as workers and the DICOM SCP publish; not judged)")  # fmt: skip
+                  f"(submit_async, as workers publish; not judged)")  # fmt: skip
 
             raw_c, ours_c, evented = [], [], []
             for _ in range(args.rounds):

@@ -141,7 +141,7 @@ class Intake:
             message = await asyncio.get_running_loop().run_in_executor(None, parked)
         await _confirmed(self.broker, [message])
 
-    # -- from other threads (the DICOM SCP's association threads)
+    # -- from other threads (the study assembler, replay)
 
     def accept_blocking(
         self, exams: Sequence[Exam], raw: bytes | None = None, *, user_id: str | None = None
