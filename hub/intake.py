@@ -108,7 +108,7 @@ class Intake:
         blobs = self._park_blobs(raw)
         return parked_input_message(raw if blobs is None else blobs.put(raw), error, **where)
 
-    # -- on the broker's loop (MLLP, FHIR)
+    # -- on the broker's loop (the MLLP, FHIR and DICOM gateways)
 
     async def accept(
         self, exams: Sequence[Exam], raw: bytes | None = None, *, user_id: str | None = None
