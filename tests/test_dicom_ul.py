@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import VerificationPresentationContexts
 from pynetdicom.dsutils import decode, encode
@@ -145,8 +146,6 @@ def data_set(instance: str) -> bytes:
     dataset.PatientName = "王小明"
     out = DicomBytesIO()
     out.is_little_endian, out.is_implicit_VR = True, False
-    from pydicom.filewriter import write_dataset
-
     write_dataset(out, dataset)
     return bytes(out.getvalue())
 
