@@ -536,6 +536,14 @@ def test_close_refuses_new_associations(listen: Callable[..., DicomListener]) ->
         socket.create_connection(("127.0.0.1", listener.port), timeout=WAIT)
 
 
+def test_starting_on_the_brokers_own_loop_is_refused_not_a_deadlock(hub_broker: Broker, blobs: BlobStore) -> None:
+    async def on_the_loop() -> DicomListener:
+        return start_dicom(Intake(hub_broker, blobs), CONFIG, DicomGateway(port=0, ae_title=HUB_AE))
+
+    with pytest.raises(RuntimeError, match="must not run on the broker's loop"):
+        asyncio.run_coroutine_threadsafe(on_the_loop(), hub_broker.loop).result(WAIT)
+
+
 # -- the Intake the gateways share
 
 

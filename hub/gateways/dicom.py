@@ -243,11 +243,20 @@ class _Services:
 def start_dicom(intake: Intake, config: Config, settings: DicomGateway) -> DicomListener:
     """Listen for C-STORE and C-ECHO at ``settings.host``:``settings.port`` as ``settings.ae_title``."""
     loop = intake.broker.loop
+    if _running_loop() is loop:  # it would wait on the loop for the loop
+        raise RuntimeError("start_dicom must not run on the broker's loop; call it from another thread")
     serving = serve_dicom(_Services(intake, config, settings), settings.host, settings.port, contexts=_contexts(),
                           max_associations=settings.max_associations)  # fmt: skip
     listener = DicomListener(asyncio.run_coroutine_threadsafe(serving, loop).result(30), loop)
     log.info("DICOM gateway %s listening on %s:%d", settings.ae_title, listener.host, listener.port)
     return listener
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _contexts() -> list[PresentationContext]:
