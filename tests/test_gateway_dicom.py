@@ -42,6 +42,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
 
+import hub.gateways.dicom as gateway
 from hub.broker import Broker
 from hub.config import DicomGateway, load_config
 from hub.envelope import Exam
@@ -407,6 +408,28 @@ def test_a_data_set_in_the_wrong_charset_is_cannot_understand_and_parked(
     assert parked.headers["x-hub-origin"] == "12330112471213450B"
     assert parked.headers["x-hub-format"] == "dicom" and parked.headers["x-hub-charset"] == "UTF-8"
     assert take_all(hub_broker, STUDIES) == []
+
+
+def test_an_instance_read_from_memory_during_its_fsync_is_read_as_from_its_blob(
+    listen: Callable[..., DicomListener], hub_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to 256 KiB the adapter reads a copy while the blob is fsync'd, above that the blob's file: alike."""
+
+    def store_all() -> tuple[list[dict[str, Any]], list[str]]:
+        listener = listen()
+        outputs = [dcmtk("storescu", listener.port, calling, SAMPLES / name) for name, calling in SENDERS.items()]
+        bad = dcmtk("storescu", listener.port, "QSH_DR01", SAMPLES / "ct-gbk-no-charset.dcm")  # GBK read as UTF-8
+        assert all(o.returncode == 0 for o in outputs)
+        exams = [Exam.decode(d.body) for q in (STUDIES, stat_queue("ecg")) for d in take_all(hub_broker, q)]
+        parked = [p.headers["x-hub-problems"][0] for p in take_all(hub_broker, PARKED)]
+        assert "DIMSE Status                  : 0xc000" in bad.stdout + bad.stderr
+        return sorted((e.model_dump(exclude={"source": {"received_at"}}) for e in exams), key=str), parked
+
+    in_memory = store_all()
+    monkeypatch.setattr(gateway, "_READ_AT_ONCE", 0)
+    from_blob = store_all()
+    assert len(in_memory[0]) == len(SENDERS) and len(in_memory[1]) == 1
+    assert in_memory == from_blob
 
 
 @pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")  # pydicom, on the text file

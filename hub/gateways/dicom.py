@@ -12,8 +12,9 @@ The services of the SCP whose Upper Layer is ``hub.gateways.dicom_ul``, on the b
 - C-STORE, for each instance:
   1. the Part 10 file as received (preamble, meta, data set) goes to the blob store, fsync'd on a worker
      thread, the data set straight from the receive buffer (an instance in flight takes its size once);
-  2. ``adapters.dicom.read`` of that file, with the institution's code as origin, its fallback charset
-     and the request's Affected SOP Class and Instance UIDs;
+  2. ``adapters.dicom.read`` with the institution's code as origin, its fallback charset and the
+     request's Affected SOP Class and Instance UIDs: of a copy while the fsync waits, for a data set of
+     up to 256 KiB; else of the blob's file once it is written;
   3. an ECG waveform is an exam at once (Intake: the exam and its ledger event); any other instance goes
      to ``hub.studies``, where the StudyAssembler makes one exam of each study;
   4. success only once the broker has confirmed.
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.uid import (
     JPEG2000,
@@ -112,6 +114,7 @@ DATA_SET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 HANDLER_FAILED = 0xC211
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+_READ_AT_ONCE = 256 * 1024  # bytes of data set read from memory while its blob is fsync'd (MLLP's limit too)
 
 
 class DicomListener:
@@ -170,14 +173,22 @@ class _Services:
         association = request.association
         instance = _Instance(request.sop_instance, request.sop_class, self.by_title[association.calling_ae],
                              association.peer)  # fmt: skip
+        meta = _file_meta(request)
+        loop = asyncio.get_running_loop()
+        # The blob is written and fsync'd on a worker thread: an fsync (up to 20 ms on a busy disk) would
+        # stall every connection and the broker's I/O. Meanwhile a small instance is read here, from a copy,
+        # in the time the fsync waits; a larger one is read from its blob's file afterwards, on a worker
+        # thread (the adapter maps the file), so that it is held in memory once.
+        kept = loop.run_in_executor(None, self.blobs.put, meta, request.data_set)  # from the receive buffer
+        read = self._read(instance, meta + request.data_set) if len(request.data_set) <= _READ_AT_ONCE else None
         try:
-            # On a worker thread, in one hop: the fsync (up to 20 ms on a busy disk) and the read (through
-            # dcmread for what the walker does not take) would stall every connection and the broker's I/O.
-            blob, read = await asyncio.get_running_loop().run_in_executor(None, self._keep, instance, request)
+            blob = await kept  # durable before anything is published
         except OSError as exc:
             log.error("cannot store instance %s: %s", instance.uid, type(exc).__name__)
             return Status(OUT_OF_RESOURCES, "the hub cannot store instances now; send again later")
         try:
+            if read is None:
+                read = await loop.run_in_executor(None, self._read, instance, blob.path)
             return await self._take(instance, blob, read)
         except BrokerError as exc:
             log.warning("instance %s not confirmed: %s", instance.uid, type(exc).__name__)
@@ -189,16 +200,15 @@ class _Services:
             await self._park_after_failure(instance, blob, exc)
             return Status(HANDLER_FAILED, f"the hub failed on this instance ({type(exc).__name__}); it is kept")
 
-    def _keep(self, instance: _Instance, request: StoreRequest) -> tuple[Blob, Exam | Exception]:
-        """The blob, durable before anything is published, and what the adapter makes of it."""
-        blob = self.blobs.put(_file_meta(request), request.data_set)  # from the receive buffer, not a copy
+    @staticmethod
+    def _read(instance: _Instance, source: bytes | Path) -> Exam | Exception:
+        """What the adapter makes of the instance: its exam, or why not (handled where it is parked)."""
         member = instance.institution
         try:
-            exam = dicom.read(blob.path, origin=member.code, charset=member.charset,
+            return dicom.read(source, origin=member.code, charset=member.charset,
                               affected_sop_class=instance.sop_class, affected_sop_instance=instance.uid)  # fmt: skip
-        except Exception as exc:  # handled on the loop, where the instance is parked
-            return blob, exc
-        return blob, exam
+        except Exception as exc:
+            return exc
 
     async def _take(self, instance: _Instance, blob: Blob, read: Exam | Exception) -> Status:
         if isinstance(read, AdapterError):
