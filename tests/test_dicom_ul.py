@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -283,6 +284,14 @@ def test_an_idle_association_is_aborted(peer: Any) -> None:
     sock = peer(associate=True)  # the fixture's server aborts after 0.5 s without a PDU
     pdu_type, _pdu = read_pdu(sock)
     assert pdu_type == 7 and sock.recv(1) == b""
+
+
+def test_an_association_in_use_outlives_the_idle_timeout(peer: Any) -> None:
+    sock = peer(associate=True)  # the fixture's server aborts after 0.5 s without a PDU
+    for _ in range(6):  # 1.2 s in all, never 0.5 s quiet
+        time.sleep(0.2)
+        sock.sendall(p_data((ECHO_CONTEXT, 0x03, echo_rq())))
+        assert response(sock).Status == 0x0000
 
 
 def test_a_connection_cut_mid_instance_stores_nothing(peer: Any, services: Services) -> None:

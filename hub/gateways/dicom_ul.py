@@ -200,6 +200,7 @@ class _Acceptor(asyncio.Protocol):
         self._queue: deque[tuple[int, _Message] | None] = deque()  # None: the A-RELEASE-RQ
         self._serving: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._last_pdu = 0.0  # loop time of the last whole PDU (or of the connect)
         self._closed = False
         self.peer = "?"
 
@@ -210,7 +211,8 @@ class _Acceptor(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._server.connections.add(self)
-        self._restart_timer(ACSE_TIMEOUT)
+        self._last_pdu = asyncio.get_running_loop().time()
+        self._arm_timer(ACSE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -249,7 +251,7 @@ class _Acceptor(asyncio.Protocol):
             end = used + 6 + length
             if end > len(view):
                 break
-            self._restart_timer(self._idle_timeout)
+            self._last_pdu = self._loop_time()
             self._on_pdu(pdu_type, view[used:end])
             used = end
         return used
@@ -301,6 +303,9 @@ class _Acceptor(asyncio.Protocol):
         self._accept(primitive)
         self._association = association
         server.associations.add(self)
+        if self._timer is not None:  # the ACSE timeout is over; the idle timeout begins
+            self._timer.cancel()
+        self._arm_timer(self._idle_timeout)
 
     def _reject(self, rejection: Rejection) -> None:
         primitive = A_ASSOCIATE()
@@ -420,21 +425,18 @@ class _Acceptor(asyncio.Protocol):
     async def _answer(self, context_id: int, message: _Message) -> None:
         fields = message.fields
         command = _us(fields[0x0100])
-        message_id = fields.get(0x0110, b"\x00\x00")
-        sop_class = fields.get(0x0002, b"")
         if command == _C_STORE_RQ and message.data_set is not None:
             status = await self._store(context_id, message)
-            response = _store_response(sop_class, message_id, fields.get(0x1000, b""), status)
+            sop_instance: bytes | None = fields.get(0x1000, b"")
         elif command == _C_ECHO_RQ:
-            response = _command_set(((0x0002, _ui(sop_class)), (0x0100, b"\x30\x80"), (0x0120, message_id),
-                                     (0x0800, b"\x01\x01"), (0x0900, b"\x00\x00")))  # fmt: skip
+            status, sop_instance = Status(0x0000), None
         elif command == _C_CANCEL_RQ:
             return
         else:
             log.warning("answered DIMSE command 0x%04x from %s: unrecognised operation", command, self.peer)
-            response = _command_set(((0x0002, _ui(sop_class)), (0x0100, _u16(command | 0x8000)),
-                                     (0x0120, message_id), (0x0800, b"\x01\x01"),
-                                     (0x0900, _u16(_UNRECOGNISED_OPERATION))))  # fmt: skip
+            status, sop_instance = Status(_UNRECOGNISED_OPERATION), None
+        response = _response(command | 0x8000, fields.get(0x0002, b""), fields.get(0x0110, b"\x00\x00"), status,
+                             sop_instance)  # fmt: skip
         self._send_command(context_id, response)
 
     async def _store(self, context_id: int, message: _Message) -> Status:
@@ -486,17 +488,22 @@ class _Acceptor(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()  # after what is written has gone
 
-    def _restart_timer(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    def _loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _arm_timer(self, seconds: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
 
     def _timed_out(self) -> None:
+        """Abort when no PDU came for the timeout; re-armed (not per PDU) while one did, or the hub is busy."""
+        quiet = self._loop_time() - self._last_pdu
         if self._serving is not None:  # waiting on the hub, not on the peer
-            self._restart_timer(self._idle_timeout)
-            return
-        log.warning("aborted association from %s: nothing received for %g s", self.peer, self._idle_timeout)
-        self.abort(0x00)
+            self._arm_timer(self._idle_timeout)
+        elif self._association is not None and quiet < self._idle_timeout:
+            self._arm_timer(self._idle_timeout - quiet)
+        else:
+            log.warning("aborted association from %s: nothing received for %g s", self.peer, quiet)
+            self.abort(0x00)
 
 
 # -- command sets: implicit VR little endian, group 0000 (PS3.7 E.1)
@@ -518,15 +525,17 @@ def _read_command(data: bytearray) -> dict[int, bytes] | None:
     return fields
 
 
-def _store_response(sop_class: bytes, message_id: bytes, sop_instance: bytes, status: Status) -> bytes:
-    elements = [(0x0002, _ui(sop_class)), (0x0100, b"\x01\x80"), (0x0120, message_id), (0x0800, b"\x01\x01"),
+def _response(command: int, sop_class: bytes, message_id: bytes, status: Status, sop_instance: bytes | None) -> bytes:
+    """A response's command set, no data set; a C-STORE-RSP also names the Affected SOP Instance UID."""
+    elements = [(0x0002, _ui(sop_class)), (0x0100, _u16(command)), (0x0120, message_id), (0x0800, b"\x01\x01"),
                 (0x0900, _u16(status.code))]  # fmt: skip
     if status.offending is not None:
         elements.append((0x0901, _u16(status.offending >> 16) + _u16(status.offending & 0xFFFF)))
     if status.comment:
         comment = status.comment.encode("ascii", "replace")[:64]
         elements.append((0x0902, comment + b" " if len(comment) % 2 else comment))
-    elements.append((0x1000, _ui(sop_instance)))
+    if sop_instance is not None:
+        elements.append((0x1000, _ui(sop_instance)))
     return _command_set(elements)
 
 
