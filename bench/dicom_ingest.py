@@ -9,8 +9,9 @@ algorithm) and without it, as most modalities send. Targets:
   again with fsync off, to show what fsync costs;
 - Orthanc (Debian's package) on loopback with a temporary storage dir, accepting any calling AE, run
   with TCP_NODELAY=1 (its DCMTK's Nagle switch: its best setting) and SyncStorageArea on;
-- pynetdicom alone: the hub's SCP answering 0x0000 at once, reading, storing and publishing nothing,
-  the ceiling that pynetdicom's association handling puts on any SCP built on it.
+- two references answering 0x0000 at once, reading, storing and publishing nothing: the hub's SCP
+  alone (its own Upper Layer on the broker's loop), and pynetdicom 3.0.4's own SCP (TCP_NODELAY on its
+  sockets), the ceiling that pynetdicom's association handling would put on an SCP built on it.
 Each run starts from empty storage. A rate is the median over interleaved rounds, a ratio the median of
 per-round ratios. Goals: hub >= 1.0x Orthanc with TCP_NODELAY; without it, aim for 5x Orthanc.
 --ablation adds the hub with TCP_NODELAY but without TCP_QUICKACK on its sockets; --steps ends with one
@@ -38,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -49,6 +49,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
 
 from _timing import verdict
+from broker import drop_vhost, scratch_vhost
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -65,7 +66,6 @@ from hub.intake import Intake
 from hub.store.blobs import BlobStore
 from hub.topology import Topology
 
-AMQP = os.environ.get("HUB_BENCH_AMQP_URL", "amqp://guest:guest@localhost:5672")
 CONFIG = BENCH.parent / "examples" / "consortium.toml"
 CALLING = "YQ_CT01"  # 於潜镇中心卫生院's CT in the sample config
 SENDERS = {"TCP_NODELAY": True, "no TCP_NODELAY": False}
@@ -329,14 +329,6 @@ def large_instance_memory(scratch: Path, url: str, mib: int) -> None:
         print(f"    {name:<36} {growth / 2**20:7.0f} MiB  ({growth / size:.2f}x the instance)   {seconds:5.2f} s")
 
 
-def scratch_vhost() -> tuple[str, str]:
-    vhost = f"hub-bench-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
-                   capture_output=True)  # fmt: skip
-    return vhost, f"{AMQP}/{vhost}"
-
-
 def print_rates(samples: dict[tuple[str, str], list[float]], targets: list[str]) -> None:
     """Each target's median rate per sender, its ratio to Orthanc's and the goals' verdicts, and what fsync costs."""
     for sender in SENDERS:
@@ -407,7 +399,7 @@ def main() -> None:
         if args.large:
             large_instance_memory(scratch, url, args.large)
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+        drop_vhost(vhost)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
