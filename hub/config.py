@@ -168,6 +168,8 @@ class DicomGateway(_Section):
     # More at once are refused (A-ASSOCIATE-RJ rejected-transient, local limit exceeded); the sender retries.
     # Each holds its instance in flight in memory, so this bounds the gateway's memory too.
     max_associations: Annotated[int, Field(gt=0)] = 10
+    # A larger instance is answered 0xA700 (out of resources) and not held: with max_associations, the bound.
+    max_instance_mib: Annotated[int, Field(gt=0)] = 2048
 
 
 class FhirGateway(_Section):

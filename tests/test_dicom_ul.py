@@ -4,6 +4,7 @@ never send. Requests are built with pynetdicom's PDU classes and pydicom; answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -61,13 +62,19 @@ def services() -> Services:
     return Services()
 
 
-@pytest.fixture
-def server(loop: LoopThread, services: Services) -> Iterator[dicom_ul.DicomServer]:
+@contextlib.contextmanager
+def serving(loop: LoopThread, services: Services, **settings: Any) -> Iterator[dicom_ul.DicomServer]:
     contexts = [*VerificationPresentationContexts, build_context(CTImageStorage, [ExplicitVRLittleEndian])]
-    serving = dicom_ul.serve_dicom(services, "127.0.0.1", 0, contexts=contexts, max_associations=4, idle_timeout=0.5)
-    server = loop.run(serving).result(10)
+    settings = {"max_associations": 4, "idle_timeout": 0.5, **settings}
+    server = loop.run(dicom_ul.serve_dicom(services, "127.0.0.1", 0, contexts=contexts, **settings)).result(10)
     yield server
     loop.run(server.close()).result(10)
+
+
+@pytest.fixture
+def server(loop: LoopThread, services: Services) -> Iterator[dicom_ul.DicomServer]:
+    with serving(loop, services) as server:
+        yield server
 
 
 # -- a raw peer
@@ -94,6 +101,21 @@ def associate_rq(*, calling: str = "YQ_CT01", max_pdu: int = 16384, context: str
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())
+
+
+def raw_associate_rq(*, abstract_syntax: bool = True, transfer_syntax: bool = True) -> bytes:
+    """An A-ASSOCIATE-RQ byte by byte (PS3.8 9.3.2), one CT context that may lack its sub-items."""
+
+    def item(item_type: int, body: bytes) -> bytes:
+        return struct.pack(">BxH", item_type, len(body)) + body
+
+    context = bytes((CT_CONTEXT, 0, 0, 0))
+    context += item(0x30, CTImageStorage.encode()) if abstract_syntax else b""
+    context += item(0x40, ImplicitVRLittleEndian.encode()) if transfer_syntax else b""
+    user = item(0x50, item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.826.0.1.3680043.9.9999"))
+    body = struct.pack(">HH", 1, 0) + b"HUB".ljust(16) + b"YQ_CT01".ljust(16) + bytes(32)
+    body += item(0x10, APPLICATION_CONTEXT.encode()) + item(0x20, context) + user
+    return struct.pack(">BxL", 1, len(body)) + body
 
 
 def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
@@ -269,6 +291,14 @@ def test_what_cannot_be_answered_in_dimse_is_aborted_and_the_listener_goes_on(
     assert_still_serving(peer)
 
 
+@pytest.mark.parametrize("missing", ["abstract_syntax", "transfer_syntax"])
+def test_an_associate_rq_that_cannot_be_negotiated_is_aborted(peer: Any, missing: str) -> None:
+    sock = peer()
+    sock.sendall(raw_associate_rq(**{missing: False}))  # pynetdicom reads it, but cannot negotiate it
+    assert_aborted(sock, 0x06)
+    assert_still_serving(peer)
+
+
 def test_a_foreign_application_context_and_an_unknown_caller_are_rejected(peer: Any) -> None:
     for rq, diagnostic in ((associate_rq(context="1.2.3.4"), 0x02), (associate_rq(calling="NOBODY"), 0x03)):
         sock = peer()
@@ -347,7 +377,7 @@ def test_each_read_rearms_tcp_quickack() -> None:
         def write(self, data: Any) -> None:
             pass
 
-    acceptor = dicom_ul._Acceptor(dicom_ul.DicomServer(Services(), [], 1), 1.0)
+    acceptor = dicom_ul._Acceptor(dicom_ul.DicomServer(Services(), [], 1, dicom_ul.MAX_INSTANCE), 1.0, 1.0)
     acceptor._transport = Transport()
     for chunk in (b"\x07\x00", b"\x00\x00"):  # parts of a PDU: each read re-arms it
         acceptor.data_received(chunk)
@@ -366,3 +396,79 @@ def test_the_listener_closes_with_associations_in_progress(loop: LoopThread, ser
     assert read_pdu(sock)[0] == 7  # aborted, so its sender knows to send again
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+def test_an_instance_over_the_limit_is_refused_unheld_and_the_association_goes_on(
+    loop: LoopThread, services: Services
+) -> None:
+    with serving(loop, services, max_instance=1000) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(associate_rq())
+        assert read_pdu(sock)[0] == 2
+        large, small = generate_uid(), generate_uid()
+        sock.sendall(p_data((CT_CONTEXT, 0x03, store_rq(large, message_id=1))))
+        for _ in range(3):  # 3,000 bytes of data set in three fragments
+            sock.sendall(p_data((CT_CONTEXT, 0x00, bytes(1000))))
+        sock.sendall(p_data((CT_CONTEXT, 0x02, data_set(large))))
+        refused = response(sock)
+        assert (refused.Status, refused.AffectedSOPInstanceUID, refused.MessageIDBeingRespondedTo) == (0xA700, large, 1)
+        assert "over the hub's limit of 1000" in refused.ErrorComment
+        sock.sendall(p_data((CT_CONTEXT, 0x03, store_rq(small, message_id=2)), (CT_CONTEXT, 0x02, data_set(small))))
+        assert response(sock).Status == 0x0000
+        assert [request.sop_instance for request in services.stored] == [small]
+        sock.close()
+
+
+def test_a_half_closed_peer_gets_its_answers_and_the_release(loop: LoopThread, peer: Any, services: Services) -> None:
+    loop.call(services.release.clear)
+    sock = peer(associate=True)
+    instance = generate_uid()
+    sock.sendall(p_data((CT_CONTEXT, 0x03, store_rq(instance)), (CT_CONTEXT, 0x02, data_set(instance))))
+    sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+    sock.shutdown(socket.SHUT_WR)  # sent all it has to send; still reading
+    time.sleep(0.2)  # the EOF arrives while the instance is in the hub's hands
+    loop.call(services.release.set)
+    assert response(sock).AffectedSOPInstanceUID == instance
+    assert read_pdu(sock)[0] == 6  # A-RELEASE-RP
+    assert sock.recv(1) == b""
+
+
+def test_the_idle_timeout_counts_from_the_last_answer_too(loop: LoopThread, peer: Any, services: Services) -> None:
+    loop.call(services.release.clear)
+    sock = peer(associate=True)  # the fixture's server aborts after 0.5 s idle
+    instance = generate_uid()
+    sock.sendall(p_data((CT_CONTEXT, 0x03, store_rq(instance)), (CT_CONTEXT, 0x02, data_set(instance))))
+    time.sleep(0.8)  # a slow store: the last PDU came 0.8 s ago
+    loop.call(services.release.set)
+    assert response(sock).Status == 0x0000
+    time.sleep(0.3)  # past 1 s from the last PDU, 0.3 s from the answer
+    sock.sendall(p_data((ECHO_CONTEXT, 0x03, echo_rq())))
+    assert response(sock).Status == 0x0000
+
+
+def test_a_peer_that_stops_reading_is_not_read_and_is_dropped(loop: LoopThread, services: Services) -> None:
+    with serving(loop, services, artim_timeout=0.5) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the peer's window fills soon
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(associate_rq())
+        assert read_pdu(sock)[0] == 2
+        sock.setblocking(False)
+        echo = p_data((ECHO_CONTEXT, 0x03, echo_rq()))
+        sent, stuck_since = 0, None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # C-ECHO after C-ECHO, never reading an answer
+            try:
+                sock.send(echo)
+                sent, stuck_since = sent + 1, None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 0.3:
+                    break  # the hub stopped reading: TCP holds the rest at the peer
+                time.sleep(0.01)
+        assert stuck_since is not None, f"the hub read {sent} requests and kept answering a peer that never reads"
+        deadline = time.monotonic() + 10  # idle 0.5 s, then the abort, then 0.5 s for the peer to close
+        while server.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.connections, "the connection was kept although the peer neither read nor closed"
+        sock.close()

@@ -345,6 +345,24 @@ def test_an_instance_in_flight_takes_its_size_in_memory_once(
     assert size < peak < 1.5 * size, f"peak {peak:,} bytes traced for an instance of {size:,}"
 
 
+def test_an_instance_over_max_instance_mib_is_0xa700_and_not_kept(
+    listen: Callable[..., DicomListener], hub_broker: Broker, blobs: BlobStore, tmp_path: Path
+) -> None:
+    large = dcmread(SAMPLES / "ct-gbk-no-charset.dcm")
+    large.Rows = large.Columns = 1024
+    large.PixelData = bytes(1024 * 1024 * 2)  # 2 MiB, over the 1 MiB set below
+    large.SOPInstanceUID = large.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "large.dcm"
+    large.save_as(path)
+    listener = listen(max_instance_mib=1)
+    result = dcmtk("storescu", listener.port, "YQ_CT01", path)
+    output = result.stdout + result.stderr
+    assert "DIMSE Status                  : 0xa700" in output and "over the hub's limit of 1048576" in output
+    assert nothing_queued(hub_broker) and not (blobs.root / "sha256").exists()
+    assert dcmtk("storescu", listener.port, "YQ_CT01", SAMPLES / "ct-gbk-no-charset.dcm").returncode == 0
+    assert len(take_all(hub_broker, STUDIES)) == 1
+
+
 def pynetdicom_part10(sop_class: str, sop_instance: str, syntax: str, data_set: bytes) -> bytes:
     """What pynetdicom's Event.encoded_dataset() returns for a C-STORE of ``data_set``."""
     meta = create_file_meta(

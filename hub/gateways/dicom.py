@@ -257,7 +257,8 @@ def start_dicom(intake: Intake, config: Config, settings: DicomGateway) -> Dicom
     if _running_loop() is loop:  # it would wait on the loop for the loop
         raise RuntimeError("start_dicom must not run on the broker's loop; call it from another thread")
     serving = serve_dicom(_Services(intake, config, settings), settings.host, settings.port, contexts=_contexts(),
-                          max_associations=settings.max_associations)  # fmt: skip
+                          max_associations=settings.max_associations,
+                          max_instance=settings.max_instance_mib * 1024 * 1024)  # fmt: skip
     listener = DicomListener(asyncio.run_coroutine_threadsafe(serving, loop).result(30), loop)
     log.info("DICOM gateway %s listening on %s:%d", settings.ae_title, listener.host, listener.port)
     return listener

@@ -21,12 +21,18 @@ What a peer gets:
   (rejected-transient, local limit exceeded);
 - a C-STORE-RSP or C-ECHO-RSP per request, in order; any other DIMSE request is answered with its
   response command and status 0x0211 (unrecognised operation); C-CANCEL gets nothing;
+- status 0xA700 (out of resources) for an instance larger than ``max_instance`` bytes, which is
+  not held: the association goes on;
 - A-RELEASE-RP after the answers to everything received before the A-RELEASE-RQ;
 - A-ABORT for what cannot be answered within DIMSE: a PDU of unknown type or longer than
-  ``PDU_LIMIT``, a PDU out of place, a fragment on a context that was not accepted, a command set that
-  cannot be read; also for an association idle for ``idle_timeout`` seconds.
-No input makes the server stop; a connection that breaks mid-instance leaves nothing behind but what
-the handler already kept.
+  ``PDU_LIMIT``, a PDU out of place, a fragment on a context that was not accepted, a command set or an
+  A-ASSOCIATE-RQ that cannot be used; also for an association idle (nothing received, nothing
+  answered) for ``idle_timeout`` seconds.
+A peer that half-closes its end still gets the answers to what it sent. A peer that stops reading
+is not read from either, so the hub never buffers more than asyncio's high-water mark for it; once
+the hub has aborted, rejected or released, the connection is dropped after ``ARTIM_TIMEOUT`` if the
+peer does not close it (PS3.8 state Sta13). No input makes the server stop; a connection that breaks
+mid-instance leaves nothing behind but what the handler already kept.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 __all__ = [
+    "ARTIM_TIMEOUT",
+    "MAX_INSTANCE",
     "PDU_LIMIT",
     "Association",
     "DicomServer",
@@ -68,6 +76,8 @@ MAX_PDU = 65536  # what the hub receives per P-DATA-TF, told to the peer in the 
 PDU_LIMIT = 4 * 1024 * 1024  # a longer PDU of any type is refused with A-ABORT
 ACSE_TIMEOUT = 30.0  # seconds from connect to the A-ASSOCIATE-RQ (pynetdicom's acse_timeout)
 IDLE_TIMEOUT = 60.0  # seconds without a PDU before an association is aborted (pynetdicom's network_timeout)
+ARTIM_TIMEOUT = 30.0  # seconds a peer has to close its end after the hub's A-ABORT, -RJ or A-RELEASE-RP
+MAX_INSTANCE = 2 * 1024**3  # bytes of one data set; a larger one is refused (0xA700), not held
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 _ASSOCIATE_RQ, _ASSOCIATE_AC, _ASSOCIATE_RJ, _P_DATA, _RELEASE_RQ, _RELEASE_RP, _ABORT = range(1, 8)
@@ -76,6 +86,7 @@ _C_STORE_RQ, _C_ECHO_RQ, _C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 _NO_DATA_SET = 0x0101
 _UNRECOGNISED_OPERATION = 0x0211
 _HANDLER_FAILED = 0xC211  # pynetdicom's status for a C-STORE handler that raised
+_OUT_OF_RESOURCES = 0xA700
 # A-ABORT provider reasons (PS3.8 9.3.8)
 _UNRECOGNISED_PDU, _UNEXPECTED_PDU, _INVALID_PARAMETER = 0x01, 0x02, 0x06
 _HEADER = struct.Struct(">BxL")
@@ -143,15 +154,20 @@ class _Message:
     command: bytearray = field(default_factory=bytearray)
     data_set: bytearray | None = None
     fields: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0  # bytes of data set received, kept or not
+    too_large: bool = False  # over the server's max_instance: its fragments are counted, not kept
 
 
 class DicomServer:
     """A listening SCP: ``port`` is where, ``associations`` what is in progress, ``close`` stops it."""
 
-    def __init__(self, services: Services, contexts: Sequence[PresentationContext], max_associations: int) -> None:
+    def __init__(
+        self, services: Services, contexts: Sequence[PresentationContext], max_associations: int, max_instance: int
+    ) -> None:
         self.services = services
         self.contexts = list(contexts)
         self.max_associations = max_associations
+        self.max_instance = max_instance
         self.associations: set[_Acceptor] = set()  # established ones
         self.connections: set[_Acceptor] = set()
         self._server: asyncio.Server | None = None
@@ -175,12 +191,14 @@ async def serve_dicom(
     *,
     contexts: Sequence[PresentationContext],
     max_associations: int,
+    max_instance: int = MAX_INSTANCE,
     idle_timeout: float = IDLE_TIMEOUT,
+    artim_timeout: float = ARTIM_TIMEOUT,
 ) -> DicomServer:
     """Listen on ``host``:``port`` (0 picks a free port) on the running loop."""
-    server = DicomServer(services, contexts, max_associations)
+    server = DicomServer(services, contexts, max_associations, max_instance)
     loop = asyncio.get_running_loop()
-    server._server = await loop.create_server(lambda: _Acceptor(server, idle_timeout), host, port)
+    server._server = await loop.create_server(lambda: _Acceptor(server, idle_timeout, artim_timeout), host, port)
     server.host, server.port = server._server.sockets[0].getsockname()[:2]
     return server
 
@@ -188,9 +206,10 @@ async def serve_dicom(
 class _Acceptor(asyncio.Protocol):
     """One connection: association negotiation, then DIMSE messages answered one after another."""
 
-    def __init__(self, server: DicomServer, idle_timeout: float) -> None:
+    def __init__(self, server: DicomServer, idle_timeout: float, artim_timeout: float) -> None:
         self._server = server
         self._idle_timeout = idle_timeout
+        self._artim_timeout = artim_timeout
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._association: Association | None = None
@@ -200,8 +219,10 @@ class _Acceptor(asyncio.Protocol):
         self._queue: deque[tuple[int, _Message] | None] = deque()  # None: the A-RELEASE-RQ
         self._serving: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._last_pdu = 0.0  # loop time of the last whole PDU (or of the connect)
+        self._last_activity = 0.0  # loop time of the last whole PDU received or answer sent (or the connect)
         self._closed = False
+        self._eof = False  # the peer has half-closed: answer what it sent, then close
+        self._write_paused = False  # the peer does not read: neither does the hub
         self.peer = "?"
 
     # -- the connection
@@ -211,7 +232,7 @@ class _Acceptor(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._server.connections.add(self)
-        self._last_pdu = asyncio.get_running_loop().time()
+        self._last_activity = asyncio.get_running_loop().time()
         self._arm_timer(ACSE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -221,7 +242,36 @@ class _Acceptor(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
 
+    def eof_received(self) -> bool:
+        self._eof = True
+        return self._serving is not None  # True: the transport stays open for the answers still to come
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read only while the peer reads its answers and is not far ahead of them."""
+        if self._transport is None or self._closed:
+            return
+        if self._write_paused or len(self._queue) > 4:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except Exception as exc:  # a last guard: what escapes here would end the connection without a word
+            log.error("aborted association from %s: %s while reading its PDUs", self.peer, type(exc).__name__)
+            log.debug("DICOM Upper Layer failure", exc_info=True)
+            self.abort(_INVALID_PARAMETER)
+
+    def _receive(self, data: bytes) -> None:
         if _TCP_QUICKACK is not None:
             # Linux leaves quick-ACK mode after each ACK: re-armed, a sender that keeps Nagle's algorithm on
             # (most modalities) gets its last segment ACKed at once, not after the 40 ms delayed ACK.
@@ -251,7 +301,7 @@ class _Acceptor(asyncio.Protocol):
             end = used + 6 + length
             if end > len(view):
                 break
-            self._last_pdu = self._loop_time()
+            self._last_activity = self._loop_time()
             self._on_pdu(pdu_type, view[used:end])
             used = end
         return used
@@ -300,7 +350,11 @@ class _Acceptor(asyncio.Protocol):
         if rejection is not None:
             self._reject(rejection)
             return
-        self._accept(primitive)
+        try:
+            self._accept(primitive)
+        except Exception as exc:  # negotiate_as_acceptor raises on contexts without the sub-items it needs
+            self._protocol_error(_INVALID_PARAMETER, f"an A-ASSOCIATE-RQ unfit to negotiate ({type(exc).__name__})")
+            return
         self._association = association
         server.associations.add(self)
         if self._timer is not None:  # the ACSE timeout is over; the idle timeout begins
@@ -381,11 +435,22 @@ class _Acceptor(asyncio.Protocol):
                 self._protocol_error(_INVALID_PARAMETER, "a data set fragment before its command")
                 return
             else:
-                message.data_set += value
+                self._add_fragment(message, value)
                 if control & 0x02:
                     self._message = None
                     self._enqueue((message.context_id, message))
             at = value_end
+
+    def _add_fragment(self, message: _Message, value: memoryview) -> None:
+        message.size += len(value)
+        if message.too_large:
+            return
+        if message.size > self._server.max_instance:
+            log.warning("refusing an instance from %s: over %d bytes", self.peer, self._server.max_instance)
+            message.too_large = True
+            message.data_set = bytearray()  # what came so far is let go; the rest is only counted
+            return
+        cast(bytearray, message.data_set).extend(value)
 
     def _on_command(self, message: _Message) -> bool:
         """A whole command set: queue the message, or wait for its data set. False after an abort."""
@@ -405,8 +470,8 @@ class _Acceptor(asyncio.Protocol):
         self._queue.append(item)
         if self._serving is None:
             self._serving = asyncio.get_running_loop().create_task(self._serve())
-        if len(self._queue) > 4 and self._transport is not None:
-            self._transport.pause_reading()  # a peer far ahead of its answers waits in TCP
+        if len(self._queue) > 4:
+            self._update_reading()  # a peer far ahead of its answers waits in TCP
 
     async def _serve(self) -> None:
         try:
@@ -417,17 +482,23 @@ class _Acceptor(asyncio.Protocol):
                     self._close()
                     return
                 await self._answer(*item)
-                if len(self._queue) <= 4 and self._transport is not None and not self._closed:
-                    self._transport.resume_reading()
+                self._last_activity = self._loop_time()
+                self._update_reading()
+            if self._eof and not self._closed:  # all that the half-closed peer sent is answered
+                self._close()
         finally:
             self._serving = None
 
     async def _answer(self, context_id: int, message: _Message) -> None:
         fields = message.fields
         command = _us(fields[0x0100])
-        if command == _C_STORE_RQ and message.data_set is not None:
-            status = await self._store(context_id, message)
+        if command == _C_STORE_RQ and message.too_large:
+            limit = self._server.max_instance
+            status = Status(_OUT_OF_RESOURCES, f"{message.size} bytes: over the hub's limit of {limit}")
             sop_instance: bytes | None = fields.get(0x1000, b"")
+        elif command == _C_STORE_RQ and message.data_set is not None:
+            status = await self._store(context_id, message)
+            sop_instance = fields.get(0x1000, b"")
         elif command == _C_ECHO_RQ:
             status, sop_instance = Status(0x0000), None
         elif command == _C_CANCEL_RQ:
@@ -486,7 +557,16 @@ class _Acceptor(asyncio.Protocol):
         self._server.associations.discard(self)
         self._queue.clear()
         if self._transport is not None:
-            self._transport.close()  # after what is written has gone
+            self._transport.close()  # after what is written has gone, if the peer reads it
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self._artim_timeout, self._drop)
+
+    def _drop(self) -> None:
+        """ARTIM expired: the peer neither took what was left to send nor closed its end."""
+        if self._transport is not None:
+            log.warning("dropped the connection from %s: it did not close after the association ended", self.peer)
+            self._transport.abort()
 
     def _loop_time(self) -> float:
         return asyncio.get_running_loop().time()
@@ -495,14 +575,16 @@ class _Acceptor(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
 
     def _timed_out(self) -> None:
-        """Abort when no PDU came for the timeout; re-armed (not per PDU) while one did, or the hub is busy."""
-        quiet = self._loop_time() - self._last_pdu
+        """Abort when idle for the timeout; re-armed (not per PDU) while it was not, or the hub is busy."""
+        quiet = self._loop_time() - self._last_activity
+        if self._closed:
+            return
         if self._serving is not None:  # waiting on the hub, not on the peer
             self._arm_timer(self._idle_timeout)
         elif self._association is not None and quiet < self._idle_timeout:
             self._arm_timer(self._idle_timeout - quiet)
         else:
-            log.warning("aborted association from %s: nothing received for %g s", self.peer, quiet)
+            log.warning("aborted association from %s: nothing received or answered for %g s", self.peer, quiet)
             self.abort(0x00)
 
 
