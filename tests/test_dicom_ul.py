@@ -103,7 +103,7 @@ def associate_rq(*, calling: str = "YQ_CT01", max_pdu: int = 16384, context: str
     return bytes(pdu.encode())
 
 
-def raw_associate_rq(*, abstract_syntax: bool = True, transfer_syntax: bool = True) -> bytes:
+def raw_associate_rq(*, abstract_syntax: bool = True, transfer_syntax: bool = True, version: int = 1) -> bytes:
     """An A-ASSOCIATE-RQ byte by byte (PS3.8 9.3.2), one CT context that may lack its sub-items."""
 
     def item(item_type: int, body: bytes) -> bytes:
@@ -113,7 +113,7 @@ def raw_associate_rq(*, abstract_syntax: bool = True, transfer_syntax: bool = Tr
     context += item(0x30, CTImageStorage.encode()) if abstract_syntax else b""
     context += item(0x40, ImplicitVRLittleEndian.encode()) if transfer_syntax else b""
     user = item(0x50, item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.826.0.1.3680043.9.9999"))
-    body = struct.pack(">HH", 1, 0) + b"HUB".ljust(16) + b"YQ_CT01".ljust(16) + bytes(32)
+    body = struct.pack(">HH", version, 0) + b"HUB".ljust(16) + b"YQ_CT01".ljust(16) + bytes(32)
     body += item(0x10, APPLICATION_CONTEXT.encode()) + item(0x20, context) + user
     return struct.pack(">BxL", 1, len(body)) + body
 
@@ -268,6 +268,25 @@ def test_another_dimse_command_is_answered_unrecognised(peer: Any, services: Ser
     assert services.stored == []
 
 
+def test_a_store_without_a_data_set_is_0xc000_and_a_response_gets_no_answer(peer: Any, services: Services) -> None:
+    sock = peer(associate=True)
+    instance = generate_uid()
+    no_data = command(AffectedSOPClassUID=CTImageStorage, CommandField=0x0001, MessageID=9, Priority=0,
+                      CommandDataSetType=0x0101, AffectedSOPInstanceUID=instance)  # fmt: skip
+    unasked = command(AffectedSOPClassUID="1.2.840.10008.1.1", CommandField=0x8030, MessageIDBeingRespondedTo=1,
+                      CommandDataSetType=0x0101, Status=0x0000)  # fmt: skip
+    sock.sendall(p_data((CT_CONTEXT, 0x03, no_data), (ECHO_CONTEXT, 0x03, unasked), (ECHO_CONTEXT, 0x03, echo_rq())))
+    answer = response(sock)
+    assert (answer.CommandField, answer.MessageIDBeingRespondedTo, answer.Status) == (0x8001, 9, 0xC000)
+    assert answer.AffectedSOPInstanceUID == instance
+    echo = response(sock)  # the C-ECHO-RSP sent to the hub got no answer, so the echo's comes next
+    assert (echo.CommandField, echo.Status) == (0x8030, 0x0000)
+    sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        sock.recv(1)
+    assert services.stored == []
+
+
 @pytest.mark.parametrize(
     ("before", "sent", "reason"),
     [
@@ -299,14 +318,20 @@ def test_an_associate_rq_that_cannot_be_negotiated_is_aborted(peer: Any, missing
     assert_still_serving(peer)
 
 
-def test_a_foreign_application_context_and_an_unknown_caller_are_rejected(peer: Any) -> None:
-    for rq, diagnostic in ((associate_rq(context="1.2.3.4"), 0x02), (associate_rq(calling="NOBODY"), 0x03)):
+def test_a_foreign_application_context_an_unknown_caller_and_another_protocol_version_are_rejected(
+    peer: Any,
+) -> None:
+    for rq, source, diagnostic in (
+        (associate_rq(context="1.2.3.4"), 1, 0x02),
+        (associate_rq(calling="NOBODY"), 1, 0x03),
+        (raw_associate_rq(version=2), 2, 0x02),  # bit 0 clear: not protocol version 1
+    ):
         sock = peer()
         sock.sendall(rq)
         pdu_type, pdu = read_pdu(sock)
         rejection = A_ASSOCIATE_RJ()
         rejection.decode(pdu)
-        assert (pdu_type, rejection.result, rejection.source, rejection.reason_diagnostic) == (3, 1, 1, diagnostic)
+        assert (pdu_type, rejection.result, rejection.source, rejection.reason_diagnostic) == (3, 1, source, diagnostic)
     assert_still_serving(peer)
 
 

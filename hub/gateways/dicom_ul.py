@@ -17,10 +17,12 @@ A-ASSOCIATE-AC and -RJ. This module frames PDUs, joins P-DATA fragments into DIM
 reads and writes the command elements of C-STORE and C-ECHO (implicit VR little endian, group 0000).
 
 What a peer gets:
-- an A-ASSOCIATE-RJ for whatever ``Services.associate`` refuses, and for too many associations at once
-  (rejected-transient, local limit exceeded);
-- a C-STORE-RSP or C-ECHO-RSP per request, in order; any other DIMSE request is answered with its
-  response command and status 0x0211 (unrecognised operation); C-CANCEL gets nothing;
+- an A-ASSOCIATE-RJ for whatever ``Services.associate`` refuses, for a protocol version without bit 0,
+  a foreign application context, and too many associations at once (rejected-transient, local limit
+  exceeded);
+- a C-STORE-RSP or C-ECHO-RSP per request, in order (0xC000 for a C-STORE-RQ without a data set);
+  any other DIMSE request is answered with its response command and status 0x0211 (unrecognised
+  operation); C-CANCEL, and a DIMSE response (the hub asks nothing), get nothing;
 - status 0xA700 (out of resources) for an instance larger than ``max_instance`` bytes, which is
   not held: the association goes on;
 - A-RELEASE-RP after the answers to everything received before the A-RELEASE-RQ;
@@ -87,6 +89,7 @@ _NO_DATA_SET = 0x0101
 _UNRECOGNISED_OPERATION = 0x0211
 _HANDLER_FAILED = 0xC211  # pynetdicom's status for a C-STORE handler that raised
 _OUT_OF_RESOURCES = 0xA700
+_CANNOT_UNDERSTAND = 0xC000
 # A-ABORT provider reasons (PS3.8 9.3.8)
 _UNRECOGNISED_PDU, _UNEXPECTED_PDU, _INVALID_PARAMETER = 0x01, 0x02, 0x06
 _HEADER = struct.Struct(">BxL")
@@ -107,6 +110,7 @@ CALLING_AE_NOT_RECOGNISED = Rejection(0x01, 0x01, 0x03)  # rejected-permanent, s
 CALLED_AE_NOT_RECOGNISED = Rejection(0x01, 0x01, 0x07)
 LOCAL_LIMIT_EXCEEDED = Rejection(0x02, 0x03, 0x02)  # rejected-transient, service provider (presentation)
 NO_SUCH_APPLICATION_CONTEXT = Rejection(0x01, 0x01, 0x02)
+PROTOCOL_VERSION_NOT_SUPPORTED = Rejection(0x01, 0x02, 0x02)  # rejected-permanent, service provider (ACSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,8 +343,10 @@ class _Acceptor(asyncio.Protocol):
             str(primitive.calling_ae_title).strip(), str(primitive.called_ae_title).strip(), self.peer
         )
         server = self._server
-        if str(primitive.application_context_name) != APPLICATION_CONTEXT:
-            rejection: Rejection | None = NO_SUCH_APPLICATION_CONTEXT
+        if not request.protocol_version & 0x0001:  # PS3.8 9.3.2: bit 0 is version 1, the only one
+            rejection: Rejection | None = PROTOCOL_VERSION_NOT_SUPPORTED
+        elif str(primitive.application_context_name) != APPLICATION_CONTEXT:
+            rejection = NO_SUCH_APPLICATION_CONTEXT
         else:
             rejection = server.services.associate(association)
         if rejection is None and len(server.associations) >= server.max_associations:
@@ -499,9 +505,15 @@ class _Acceptor(asyncio.Protocol):
         elif command == _C_STORE_RQ and message.data_set is not None:
             status = await self._store(context_id, message)
             sop_instance = fields.get(0x1000, b"")
+        elif command == _C_STORE_RQ:
+            status = Status(_CANNOT_UNDERSTAND, "a C-STORE-RQ without a data set")
+            sop_instance = fields.get(0x1000, b"")
         elif command == _C_ECHO_RQ:
             status, sop_instance = Status(0x0000), None
         elif command == _C_CANCEL_RQ:
+            return
+        elif command & 0x8000:  # the hub sends no requests, so no response can be due
+            log.warning("ignored DIMSE response 0x%04x from %s: the hub asked nothing", command, self.peer)
             return
         else:
             log.warning("answered DIMSE command 0x%04x from %s: unrecognised operation", command, self.peer)
