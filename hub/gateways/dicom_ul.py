@@ -589,8 +589,6 @@ class _Acceptor(asyncio.Protocol):
     def _timed_out(self) -> None:
         """Abort when idle for the timeout; re-armed (not per PDU) while it was not, or the hub is busy."""
         quiet = self._loop_time() - self._last_activity
-        if self._closed:
-            return
         if self._serving is not None:  # waiting on the hub, not on the peer
             self._arm_timer(self._idle_timeout)
         elif self._association is not None and quiet < self._idle_timeout:
