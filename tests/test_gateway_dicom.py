@@ -318,19 +318,24 @@ def test_the_blob_holds_the_data_set_byte_for_byte_as_sent(
     )
 
 
+def large_ct(folder: Path, side: int) -> tuple[Path, str]:
+    """A CT sample with ``side`` x ``side`` 16-bit pixels of zeros and a new SOP Instance UID, saved in ``folder``."""
+    large = dcmread(SAMPLES / "ct-gbk-no-charset.dcm")
+    large.Rows = large.Columns = side
+    large.PixelData = bytes(side * side * 2)
+    large.SOPInstanceUID = large.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+    path = folder / "large.dcm"
+    large.save_as(path)
+    return path, uid
+
+
 def test_an_instance_in_flight_takes_its_size_in_memory_once(
     listen: Callable[..., DicomListener], hub_broker: Broker, blobs: BlobStore, tmp_path: Path
 ) -> None:
     # pynetdicom holds the received data set in one buffer; the blob is written from it, and the adapter
     # reads the blob's file, so no second copy of the instance is made (joined, the peak was 2x).
-    large = dcmread(SAMPLES / "ct-gbk-no-charset.dcm")
-    large.Rows = large.Columns = 2048
-    large.PixelData = bytes(2048 * 2048 * 2)  # 8 MiB
-    large.SOPInstanceUID = large.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-    path = tmp_path / "large.dcm"
-    large.save_as(path)
+    path, uid = large_ct(tmp_path, 2048)  # 8 MiB of pixels
     size = path.stat().st_size
-    del large
     listener = listen()
     tracemalloc.start()
     try:
@@ -348,12 +353,7 @@ def test_an_instance_in_flight_takes_its_size_in_memory_once(
 def test_an_instance_over_max_instance_mib_is_0xa700_and_not_kept(
     listen: Callable[..., DicomListener], hub_broker: Broker, blobs: BlobStore, tmp_path: Path
 ) -> None:
-    large = dcmread(SAMPLES / "ct-gbk-no-charset.dcm")
-    large.Rows = large.Columns = 1024
-    large.PixelData = bytes(1024 * 1024 * 2)  # 2 MiB, over the 1 MiB set below
-    large.SOPInstanceUID = large.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    path = tmp_path / "large.dcm"
-    large.save_as(path)
+    path, _uid = large_ct(tmp_path, 1024)  # 2 MiB of pixels, over the 1 MiB set below
     listener = listen(max_instance_mib=1)
     result = dcmtk("storescu", listener.port, "YQ_CT01", path)
     output = result.stdout + result.stderr

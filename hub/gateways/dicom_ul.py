@@ -80,6 +80,7 @@ ACSE_TIMEOUT = 30.0  # seconds from connect to the A-ASSOCIATE-RQ (pynetdicom's 
 IDLE_TIMEOUT = 60.0  # seconds without a PDU before an association is aborted (pynetdicom's network_timeout)
 ARTIM_TIMEOUT = 30.0  # seconds a peer has to close its end after the hub's A-ABORT, -RJ or A-RELEASE-RP
 MAX_INSTANCE = 2 * 1024**3  # bytes of one data set; a larger one is refused (0xA700), not held
+_AHEAD = 4  # requests a peer may send ahead of their answers before the hub stops reading
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 _ASSOCIATE_RQ, _ASSOCIATE_AC, _ASSOCIATE_RJ, _P_DATA, _RELEASE_RQ, _RELEASE_RP, _ABORT = range(1, 8)
@@ -236,7 +237,7 @@ class _Acceptor(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._server.connections.add(self)
-        self._last_activity = asyncio.get_running_loop().time()
+        self._last_activity = self._loop_time()
         self._arm_timer(ACSE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -262,7 +263,7 @@ class _Acceptor(asyncio.Protocol):
         """Read only while the peer reads its answers and is not far ahead of them."""
         if self._transport is None or self._closed:
             return
-        if self._write_paused or len(self._queue) > 4:
+        if self._write_paused or len(self._queue) > _AHEAD:
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
@@ -476,8 +477,7 @@ class _Acceptor(asyncio.Protocol):
         self._queue.append(item)
         if self._serving is None:
             self._serving = asyncio.get_running_loop().create_task(self._serve())
-        if len(self._queue) > 4:
-            self._update_reading()  # a peer far ahead of its answers waits in TCP
+        self._update_reading()  # a peer far ahead of its answers waits in TCP
 
     async def _serve(self) -> None:
         try:
@@ -498,18 +498,16 @@ class _Acceptor(asyncio.Protocol):
     async def _answer(self, context_id: int, message: _Message) -> None:
         fields = message.fields
         command = _us(fields[0x0100])
+        sop_instance = fields.get(0x1000, b"") if command == _C_STORE_RQ else None  # a C-STORE-RSP names it
         if command == _C_STORE_RQ and message.too_large:
             limit = self._server.max_instance
             status = Status(_OUT_OF_RESOURCES, f"{message.size} bytes: over the hub's limit of {limit}")
-            sop_instance: bytes | None = fields.get(0x1000, b"")
         elif command == _C_STORE_RQ and message.data_set is not None:
             status = await self._store(context_id, message)
-            sop_instance = fields.get(0x1000, b"")
         elif command == _C_STORE_RQ:
             status = Status(_CANNOT_UNDERSTAND, "a C-STORE-RQ without a data set")
-            sop_instance = fields.get(0x1000, b"")
         elif command == _C_ECHO_RQ:
-            status, sop_instance = Status(0x0000), None
+            status = Status(0x0000)
         elif command == _C_CANCEL_RQ:
             return
         elif command & 0x8000:  # the hub sends no requests, so no response can be due
@@ -517,7 +515,7 @@ class _Acceptor(asyncio.Protocol):
             return
         else:
             log.warning("answered DIMSE command 0x%04x from %s: unrecognised operation", command, self.peer)
-            status, sop_instance = Status(_UNRECOGNISED_OPERATION), None
+            status = Status(_UNRECOGNISED_OPERATION)
         response = _response(command | 0x8000, fields.get(0x0002, b""), fields.get(0x0110, b"\x00\x00"), status,
                              sop_instance)  # fmt: skip
         self._send_command(context_id, response)
