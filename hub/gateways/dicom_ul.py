@@ -358,7 +358,7 @@ class _Acceptor(asyncio.Protocol):
             self._reject(rejection)
             return
         try:
-            self._accept(primitive)
+            acceptance = self._accept(primitive)
         except Exception as exc:  # negotiate_as_acceptor raises on contexts without the sub-items it needs
             self._protocol_error(_INVALID_PARAMETER, f"an A-ASSOCIATE-RQ unfit to negotiate ({type(exc).__name__})")
             return
@@ -367,6 +367,7 @@ class _Acceptor(asyncio.Protocol):
         if self._timer is not None:  # the ACSE timeout is over; the idle timeout begins
             self._timer.cancel()
         self._arm_timer(self._idle_timeout)
+        self._write(acceptance)  # last: once the peer has it, the association is in place here
 
     def _reject(self, rejection: Rejection) -> None:
         primitive = A_ASSOCIATE()
@@ -376,7 +377,8 @@ class _Acceptor(asyncio.Protocol):
         self._write(pdu.encode())
         self._close()
 
-    def _accept(self, request: A_ASSOCIATE) -> None:
+    def _accept(self, request: A_ASSOCIATE) -> bytes:
+        """Negotiate the contexts and roles of ``request``; returns the A-ASSOCIATE-AC to send."""
         roles = {
             item.sop_class_uid: (item.scu_role, item.scp_role)
             for item in request.user_information
@@ -405,7 +407,7 @@ class _Acceptor(asyncio.Protocol):
         primitive.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(primitive)
-        self._write(pdu.encode())
+        return bytes(pdu.encode())
 
     # -- DIMSE messages
 
